@@ -1,0 +1,1 @@
+"""A blocking client for Perplexity's web app API (the `/rest/sse/perplexity_ask` stream and friends)."""

@@ -1,0 +1,376 @@
+"""Turn decoded Perplexity frames, in any of the three answer formats, into one append-only event stream.
+
+Perplexity sends the answer as a cumulative `text` step list, as `markdown_block` chunks placed by
+index, or as JSON Patch `diff_block`s (also inside `workflow_root`), sometimes mixed in one stream
+(protocol doc sections 3.4-3.6). The assembler keeps one document per `(intended_usage, field)`,
+recomputes the best answer candidate after every frame and hands out only the text that extends
+what was already handed out, so a consumer never has to take text back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import extract
+from .jsonpatch import JsonPatchError, apply_patch
+from .types import (
+    AnswerDelta,
+    AskEvent,
+    ClarifyingQuestions,
+    Completed,
+    Failed,
+    MediaItem,
+    MediaUpdate,
+    ReasoningDelta,
+    RelatedQuestions,
+    Source,
+    SourcesUpdate,
+    ThreadIds,
+    ThreadUpdate,
+    TitleUpdate,
+)
+
+__all__ = ["AnswerAssembler"]
+
+_MARKDOWN_USAGES = ("ask_text", "ask_text_0_markdown")  # read one of them, never both (AK)
+_REPORT_USAGES = ("unified_assets", "workflow_root", "answer_assets_preview")
+_CLARIFYING = "RESEARCH_CLARIFYING_QUESTIONS"
+# Which block usages (and "text", the step list) each derived value depends on.
+_SOURCE_USAGES = frozenset({"web_results", "sources_answer_mode", "workflow_root", "pro_search_steps", "text"})
+_MEDIA_USAGES = frozenset({"answer_media_items", "media_items"})
+_REASONING_USAGES = frozenset({"plan", "pro_search_steps", "workflow_root", "text"})
+
+
+class AnswerAssembler:
+    """Feed frames in order with `feed()`; each call returns the events that frame produced."""
+
+    def __init__(self) -> None:
+        self._docs: dict[tuple[str, str], Any] = {}
+        self._steps: list[dict[str, Any]] = []
+        self._last_text: Any = None
+        self._text_answer: str | None = None
+        self._text_sources: Any = None
+        self._step_sources: dict[str, Any] = {}
+        self._block_answer = False
+        self._emitted = ""
+        self._reasoning: list[str] = []
+        self._reasoning_keys: set[str] = set()
+        self._workflow_thinking: dict[str, int] = {}
+        self._clarified: set[str] = set()
+        self.sources: tuple[Source, ...] = ()
+        self.media: tuple[MediaItem, ...] = ()
+        self.thread: ThreadIds | None = None
+        self.model: str | None = None
+        self.research = False
+        self.title: str | None = None
+        self.related_questions: tuple[str, ...] = ()
+        self.clarifications: list[ClarifyingQuestions] = []
+        self.completed: Completed | None = None
+        self.failure: Failed | None = None
+        self.bad_patches = 0
+        self._changed: set[str] = set()
+
+    @property
+    def answer(self) -> str:
+        """The answer text handed out so far."""
+        return self._emitted
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text handed out so far."""
+        return "".join(self._reasoning)
+
+    @property
+    def done(self) -> bool:
+        """True once the run completed or failed; later frames are ignored."""
+        return self.completed is not None or self.failure is not None
+
+    def feed(self, frame: dict[str, Any]) -> list[AskEvent]:
+        """Apply one frame and return the events it produced, in a stable order."""
+        if self.done:
+            return []
+        events: list[AskEvent] = []
+        self._changed = set()
+        self._read_envelope(frame, events)
+        for block in frame.get("blocks") or ():
+            if isinstance(block, dict):
+                self._apply_block(block)
+        status = str(frame.get("status") or "").upper()
+        terminal = status == "COMPLETED"
+        self._read_text(frame.get("text"), force=terminal)
+        # Re-derive only what this frame touched: most frames carry just an answer chunk.
+        if self._changed & _SOURCE_USAGES:
+            self._update_sources(events)
+        if self._changed & _MEDIA_USAGES or "media_items" in frame:
+            self._update_media(frame, events)
+        if self._changed & _REASONING_USAGES:
+            self._update_reasoning(events)
+        if status == "FAILED" or frame.get("error_code"):
+            self.failure = Failed(_failure_message(frame), _code(frame))
+            events.append(self.failure)
+            return events
+        self._update_answer(events, terminal)
+        if terminal:
+            self._complete(frame, events)
+        return events
+
+    # ---- envelope -------------------------------------------------------------------------
+
+    def _read_envelope(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
+        model = frame.get("display_model") or frame.get("user_selected_model")
+        if isinstance(model, str) and model:
+            self.model = model
+        if str(frame.get("search_mode") or "").upper() == "RESEARCH":
+            self.research = True
+        backend = frame.get("backend_uuid")
+        if not isinstance(backend, str) or not backend:
+            return
+        old = self.thread
+        thread = ThreadIds(
+            backend_uuid=backend,
+            context_uuid=frame.get("context_uuid") or (old.context_uuid if old else None),
+            read_write_token=frame.get("read_write_token") or (old.read_write_token if old else None),
+            thread_url_slug=frame.get("thread_url_slug") or (old.thread_url_slug if old else None),
+        )
+        if thread != old:
+            self.thread = thread
+            events.append(ThreadUpdate(thread))
+
+    # ---- blocks ---------------------------------------------------------------------------
+
+    def _apply_block(self, block: dict[str, Any]) -> None:
+        usage = block.get("intended_usage")
+        if not isinstance(usage, str):
+            return
+        diff = block.get("diff_block")
+        if isinstance(diff, dict):
+            self._apply_diff(usage, diff)
+            return
+        for key, value in block.items():
+            if key.endswith("_block") and isinstance(value, dict):
+                self._apply_snapshot(usage, key, value)
+
+    def _apply_diff(self, usage: str, diff: dict[str, Any]) -> None:
+        field = diff.get("field")
+        if not isinstance(field, str):
+            return
+        doc = self._docs.get((usage, field), {})
+        for op in diff.get("patches") or ():
+            try:
+                doc = apply_patch(doc, [op])
+            except (JsonPatchError, TypeError, IndexError, KeyError):
+                self.bad_patches += 1  # keep going: one bad op must not lose the answer
+        self._docs[(usage, field)] = doc
+        self._note_block(usage, field)
+
+    def _apply_snapshot(self, usage: str, field: str, value: dict[str, Any]) -> None:
+        if field == "markdown_block":
+            # Chunks are placed by index: chunks[:offset] + new; offset 0 repaints (protocol doc 3.5).
+            old = self._docs.get((usage, field)) or {}
+            chunks = value.get("chunks")
+            if isinstance(chunks, list):
+                offset = value.get("chunk_starting_offset")
+                offset = offset if isinstance(offset, int) and offset >= 0 else 0
+                value = {**value, "chunks": list(old.get("chunks") or [])[:offset] + chunks}
+            else:
+                value = {**value, "chunks": old.get("chunks") or []}
+        self._docs[(usage, field)] = value
+        self._note_block(usage, field)
+
+    def _note_block(self, usage: str, field: str) -> None:
+        self._changed.add(usage)
+        if field == "markdown_block" and usage in _MARKDOWN_USAGES or usage == "workflow_root":
+            self._block_answer = True
+
+    # ---- text step list -------------------------------------------------------------------
+
+    def _read_text(self, text: Any, *, force: bool) -> None:
+        if text is None or text is self._last_text:
+            return
+        # Parsing the cumulative step list on every frame is what made the seed slow; skip it once
+        # blocks carry the answer, unless it can hold something only it carries.
+        wanted = force or not self._block_answer or self.research
+        if not wanted and not (isinstance(text, str) and _CLARIFYING in text):
+            return
+        if isinstance(text, str) and text == self._last_text:
+            return
+        self._last_text = text
+        self._changed.add("text")
+        decoded = extract.decode_text(text)
+        if isinstance(decoded, list):
+            self._steps = decoded
+            self._text_answer, self._text_sources = extract.final_answer_from_steps(decoded)
+            for step in decoded:
+                self._collect_step_sources(step)
+        elif isinstance(decoded, dict):
+            answer = decoded.get("answer")
+            self._text_answer = answer if isinstance(answer, str) else None
+            self._text_sources = decoded.get("web_results")
+        elif isinstance(decoded, str):
+            self._text_answer = decoded
+
+    def _collect_step_sources(self, step: dict[str, Any]) -> None:
+        if step.get("step_type") != "SEARCH_RESULTS":
+            return
+        content = step.get("content") or step.get("web_results_content") or {}
+        for item in content.get("web_results") or () if isinstance(content, dict) else ():
+            if isinstance(item, dict) and isinstance(item.get("url"), str):
+                self._step_sources.setdefault(item["url"], item)
+
+    # ---- derived state --------------------------------------------------------------------
+
+    def _plan_steps(self) -> list[dict[str, Any]]:
+        steps = list(self._steps)
+        doc = self._docs.get(("pro_search_steps", "plan_block"))
+        if isinstance(doc, dict) and isinstance(doc.get("steps"), list):
+            steps.extend(s for s in doc["steps"] if isinstance(s, dict))
+        return steps
+
+    def _update_sources(self, events: list[AskEvent]) -> None:
+        for step in self._plan_steps():
+            self._collect_step_sources(step)
+        candidates = (
+            (self._docs.get(("web_results", "web_result_block")) or {}).get("web_results"),
+            self._text_sources,
+            (self._docs.get(("sources_answer_mode", "sources_mode_block")) or {}).get("web_results"),
+            (self._docs.get(("sources_answer_mode", "sources_mode_block")) or {}).get("rows"),
+            extract.workflow_sources(self._docs.get(("workflow_root", "workflow_block")) or {}),
+            list(self._step_sources.values()),
+        )
+        for raw in candidates:
+            sources = extract.parse_sources(raw)
+            if sources:
+                if sources != self.sources:
+                    self.sources = sources
+                    events.append(SourcesUpdate(sources))
+                return
+
+    def _update_media(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
+        raw = frame.get("media_items")
+        for (usage, field), doc in self._docs.items():
+            if not isinstance(doc, dict):
+                continue
+            if field == "inline_entity_block" and usage in ("answer_media_items", "media_items"):
+                raw = (doc.get("media_block") or {}).get("media_items") or raw
+            elif field == "media_block":
+                raw = doc.get("media_items") or raw
+        media = extract.parse_media(raw)
+        if media and media != self.media:
+            self.media = media
+            events.append(MediaUpdate(media))
+
+    def _update_reasoning(self, events: list[AskEvent]) -> None:
+        lines: list[str] = []
+        plan = self._docs.get(("plan", "plan_block"))
+        for goal in (plan or {}).get("goals") or () if isinstance(plan, dict) else ():
+            if isinstance(goal, dict) and goal.get("description"):
+                self._reason(f"g:{goal.get('id')}", str(goal["description"]), lines)
+        for step in self._plan_steps():
+            for key, line in extract.step_reasoning(step):
+                self._reason(key, line, lines)
+            clarifying = extract.clarifying_from_step(step)
+            key = str((step.get("content") or {}).get("uuid") or step.get("uuid") or len(self._clarified))
+            if clarifying is not None and key not in self._clarified:
+                self._clarified.add(key)
+                self.clarifications.append(clarifying)
+                events.append(clarifying)
+        self._workflow_reasoning(lines)
+        if lines:
+            text = "".join(lines)
+            self._reasoning.append(text)
+            events.append(ReasoningDelta(text))
+
+    def _reason(self, key: str, line: str, lines: list[str]) -> None:
+        if key not in self._reasoning_keys:
+            self._reasoning_keys.add(key)
+            lines.append(line.rstrip() + "\n")
+
+    def _workflow_reasoning(self, lines: list[str]) -> None:
+        doc = self._docs.get(("workflow_root", "workflow_block"))
+        if not isinstance(doc, dict):
+            return
+        for index, step in enumerate(doc.get("steps") or ()):
+            if isinstance(step, dict) and step.get("status") == "WORKFLOW_COMPLETED" and step.get("title"):
+                self._reason(f"w:{step.get('id', index)}", str(step["title"]), lines)
+        for index, item in enumerate(extract.workflow_items(doc)):
+            if item.get("type") != "WORKFLOW_ITEM_TEXT":
+                continue
+            variant, text = extract.text_payload(item)
+            key = str(item.get("id", index))
+            sent = self._workflow_thinking.get(key, 0)
+            if variant != "answer" and len(text) > sent:
+                self._workflow_thinking[key] = len(text)
+                lines.append(text[sent:] + ("\n" if not text.endswith("\n") else ""))
+
+    # ---- answer ---------------------------------------------------------------------------
+
+    def _candidate(self, terminal: bool) -> str | None:
+        if self.research:
+            docs = [doc for (usage, _), doc in self._docs.items() if usage in _REPORT_USAGES]
+            report = extract.research_report(docs)
+            if report or not terminal:
+                return report
+        for usage in _MARKDOWN_USAGES:
+            doc = self._docs.get((usage, "markdown_block"))
+            if isinstance(doc, dict):
+                text = extract.markdown_text(doc)
+                if text:
+                    return text
+        workflow = self._docs.get(("workflow_root", "workflow_block"))
+        if isinstance(workflow, dict):
+            text = extract.workflow_answer(workflow)
+            if text:
+                return text
+        return self._text_answer or None
+
+    def _update_answer(self, events: list[AskEvent], terminal: bool) -> None:
+        candidate = self._candidate(terminal)
+        # Only text that extends what was handed out goes out; a revision waits (or is reported).
+        if candidate and len(candidate) > len(self._emitted) and candidate.startswith(self._emitted):
+            delta = candidate[len(self._emitted) :]
+            self._emitted = candidate
+            events.append(AnswerDelta(delta))
+
+    def _complete(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
+        title = frame.get("thread_title")
+        if isinstance(title, str) and title:
+            self.title = title
+            events.append(TitleUpdate(title))
+        related = frame.get("related_queries")
+        if not isinstance(related, list) or not related:
+            items = frame.get("related_query_items") or ()
+            related = [i.get("text") for i in items if isinstance(i, dict)]
+        self.related_questions = tuple(q for q in related if isinstance(q, str) and q)
+        if self.related_questions:
+            events.append(RelatedQuestions(self.related_questions))
+        final = self._candidate(True) or self._emitted
+        self.completed = Completed(
+            answer=self._emitted,
+            final_answer=final,
+            revised=final != self._emitted,
+            reasoning=self.reasoning,
+            sources=self.sources,
+            media=self.media,
+            related_questions=self.related_questions,
+            title=self.title,
+            thread=self.thread,
+            model=self.model,
+        )
+        events.append(self.completed)
+
+
+def _code(frame: dict[str, Any]) -> str | None:
+    code = frame.get("error_code")
+    return str(code) if code else None
+
+
+def _failure_message(frame: dict[str, Any]) -> str:
+    for key in ("error_message", "message", "error", "text"):
+        value = frame.get(key)
+        if isinstance(value, dict):
+            value = value.get("message")
+        if isinstance(value, str) and value.strip() and not value.lstrip().startswith(("[", "{")):
+            return value.strip()[:500]
+    code = _code(frame)
+    suffix = f" ({code})" if code else ""
+    return f"Perplexity reported the answer as failed{suffix}"

@@ -1,0 +1,171 @@
+"""AskStream: an opened Perplexity answer stream, read as typed events; closes its connection when done."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .assembler import AnswerAssembler
+from .errors import (
+    AskFailedError,
+    AskRateLimitedError,
+    MalformedFrameError,
+    StreamError,
+    StreamTruncatedError,
+    TransportError,
+    UpstreamTimeoutError,
+)
+from .extract import JSONDecodeError, loads
+from .sse import SSEDecoder
+from .transport import TransportResponse
+from .types import AskEvent, AskResult, Completed, Failed, ThreadIds
+
+__all__ = ["AskStream"]
+
+log = logging.getLogger(__name__)
+
+
+class AskStream:
+    """Iterate to get AskEvents; raises a StreamError subclass when the stream breaks.
+
+    The stream owns the HTTP response: it is closed when the events run out, on any error, and
+    on `close()`, so a consumer that stops early releases the upstream connection at once.
+    """
+
+    def __init__(
+        self,
+        response: TransportResponse,
+        *,
+        request_id: str,
+        on_close: Callable[[AskStream], None] | None = None,
+    ) -> None:
+        self._response = response
+        self.request_id = request_id
+        self._on_close = on_close
+        self._assembler = AnswerAssembler()
+        self._closed = False
+        self._iterator: Iterator[AskEvent] | None = None
+        self.frames = 0
+
+    # ---- public ---------------------------------------------------------------------------
+
+    @property
+    def answer(self) -> str:
+        """The answer text received so far."""
+        return self._assembler.answer
+
+    @property
+    def thread(self) -> ThreadIds | None:
+        """The thread ids once known (they arrive in the first frames)."""
+        return self._assembler.thread
+
+    @property
+    def completed(self) -> Completed | None:
+        """The terminal summary, once the COMPLETED frame has been read."""
+        return self._assembler.completed
+
+    def __iter__(self) -> Iterator[AskEvent]:
+        if self._iterator is None:
+            self._iterator = self._events()
+        return self._iterator
+
+    def __enter__(self) -> AskStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the upstream response (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._response.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close(self)
+
+    def collect(self) -> AskResult:
+        """Read the whole stream and return the answer (Perplexity's final text wins)."""
+        for _ in self:
+            pass
+        done = self._assembler.completed
+        assert done is not None  # _events() raises unless the run completed
+        return AskResult(
+            answer=done.final_answer,
+            reasoning=done.reasoning,
+            sources=done.sources,
+            media=done.media,
+            related_questions=done.related_questions,
+            title=done.title,
+            thread=done.thread,
+            model=done.model,
+            clarifying_questions=tuple(self._assembler.clarifications),
+        )
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def _events(self) -> Iterator[AskEvent]:
+        try:
+            yield from self._read()
+        except StreamError as exc:
+            exc.partial_answer = exc.partial_answer or self._assembler.answer
+            raise
+        except UpstreamTimeoutError as exc:
+            raise StreamTruncatedError(
+                f"Perplexity stopped sending mid-answer ({exc.message})", partial_answer=self.answer
+            ) from exc
+        except TransportError as exc:
+            raise StreamTruncatedError(
+                f"The connection to Perplexity broke mid-answer ({exc.message})", partial_answer=self.answer
+            ) from exc
+        finally:
+            self.close()
+
+    def _read(self) -> Iterator[AskEvent]:
+        decoder = SSEDecoder()
+        for chunk in self._response.iter_bytes():
+            for event in decoder.feed(chunk):
+                if event.event == "end_of_stream":
+                    self._check_finished("before the answer was complete")
+                    return
+                if event.event != "message" or not event.data:
+                    continue
+                if self._assembler.completed is not None:
+                    continue  # drain what follows COMPLETED up to end_of_stream
+                yield from self._frame(event.data)
+        decoder.close()
+        self._check_finished("(the connection closed before the answer was complete)")
+
+    def _frame(self, data: str) -> Iterator[AskEvent]:
+        try:
+            frame: Any = loads(data)
+        except JSONDecodeError as exc:
+            raise MalformedFrameError(
+                f"Perplexity sent a frame that is not JSON (frame {self.frames + 1})",
+                partial_answer=self.answer,
+            ) from exc
+        if not isinstance(frame, dict):
+            raise MalformedFrameError(
+                f"Perplexity sent a frame that is not a JSON object (frame {self.frames + 1})",
+                partial_answer=self.answer,
+            )
+        self.frames += 1
+        for event in self._assembler.feed(frame):
+            if isinstance(event, Failed):
+                raise _failure(event, self.answer)
+            yield event
+
+    def _check_finished(self, when: str) -> None:
+        if self._assembler.completed is None:
+            raise StreamTruncatedError(
+                f"Perplexity ended the answer stream {when} after {self.frames} frames",
+                partial_answer=self.answer,
+            )
+
+
+def _failure(event: Failed, partial: str) -> AskFailedError:
+    cls = AskRateLimitedError if event.code and "RATE_LIMIT" in event.code.upper() else AskFailedError
+    return cls(event.message, code=event.code, partial_answer=partial)
