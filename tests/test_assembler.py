@@ -285,7 +285,8 @@ def test_reasoning_comes_from_goals_steps_and_thinking_items():
         "variant": "thinking",
         "payload": {"text_payload": {"chunks": ["Let me think"]}},
     }
-    frames.insert(1, frame(text=text_steps("", final=False)))
+    # The step list is read while no block carries the answer (later frames repeat the same steps).
+    frames.insert(0, frame(text=text_steps("", final=False)))
     frames.insert(
         2,
         frame(
