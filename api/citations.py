@@ -1,0 +1,212 @@
+"""Perplexity's `[n]` citation markers: render them per citation mode and report them as url_citation annotations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["MODES", "CitationRenderer", "CitedSource"]
+
+MODES = ("default", "markdown", "clean")
+
+# A backtick run (code spans/fences switch marker detection off), or a marker with the one space before it.
+_TOKEN = re.compile(r"(?P<ticks>`+)|(?P<space> )?\[(?P<number>\d{1,3})\]")
+# What a chunk may end with that the next chunk can still change: a backtick run that may grow, a partial
+# marker ("[", "[1", "[12", "[123"), or a whole marker whose next character (a "(" makes it a link) is unknown.
+_TAIL = re.compile(r"(?:\[\d{0,3}\]?|`*)\Z")
+# Clean mode also holds one space, which is dropped if a removed marker follows ("large [2]." -> "large.").
+_CLEAN_TAIL = re.compile(r" ?(?:\[\d{0,3}\]?|`*)\Z")
+_SENTENCE_END = ".!?"
+
+
+class CitedSource(Protocol):
+    """What a renderer needs of a source (`perplexity.types.Source` fits; api/ does not import perplexity)."""
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    number: int
+    start: int
+    end: int
+    # The source a rendered marker was resolved against; None for a marker left as literal text, which is
+    # looked up again when annotations are read (its text does not depend on the source list).
+    source: CitedSource | None
+
+
+class CitationRenderer:
+    """Rewrite an answer's `[n]` markers as it streams and collect url_citation annotations for it.
+
+    Modes: `default` keeps markers, `markdown` turns `[n]` into `[n](url)`, `clean` removes them. A marker whose
+    `n` has no source is left as it is in every mode. Markers inside code spans and fenced code are not markers.
+    Feeding a text in any chunking gives the same output and annotations as feeding it whole.
+    """
+
+    def __init__(self, mode: str = "default", sources: Sequence[CitedSource] = ()) -> None:
+        if mode not in MODES:
+            raise ValueError(f"citation mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self._mode = mode
+        self._sources: tuple[CitedSource, ...] = tuple(sources)
+        self._tail = _CLEAN_TAIL if mode == "clean" else _TAIL
+        self._held = ""
+        self._length = 0  # code points emitted so far; annotation indices count these
+        self._marks: list[_Mark] = []
+        # Code context: the open fence's backtick count and the open inline span's backtick count (0 = none).
+        self._fence = 0
+        self._inline = 0
+        self._line_blank = True
+        # Clean mode: the sentence fragment a removed marker cites, as [start, end) of the output.
+        self._fragment_start: int | None = None
+        self._fragment_end = 0
+        self._after_stop = False
+        self._after_marker = False
+
+    def set_sources(self, sources: Sequence[CitedSource]) -> None:
+        """Replace the source list; later markers (and literal markers' annotations) use the new one."""
+        self._sources = tuple(sources)
+
+    def feed(self, text: str) -> str:
+        """Take the next piece of answer text; return what can be emitted now."""
+        buffer = self._held + text
+        tail = self._tail.search(buffer)
+        cut = tail.start() if tail else len(buffer)
+        self._held = buffer[cut:]
+        return self._process(buffer[:cut], self._held[:1] or None)
+
+    def flush(self) -> str:
+        """End of the answer: release and render anything held back."""
+        text, self._held = self._held, ""
+        return self._process(text, None)
+
+    def render(self, text: str) -> str:
+        """Render a whole text (use a fresh renderer: this is feed + flush)."""
+        return self.feed(text) + self.flush()
+
+    @property
+    def annotations(self) -> list[dict[str, Any]]:
+        """OpenAI chat `url_citation` annotations for every cited marker emitted so far, in order."""
+        result = []
+        for mark in self._marks:
+            source = mark.source or self._lookup(mark.number)
+            if source is not None:
+                result.append(_annotation(mark.start, mark.end, source))
+        return result
+
+    # ---- scanning -------------------------------------------------------------------------------
+
+    def _process(self, text: str, lookahead: str | None) -> str:
+        # `lookahead` is the character after `text` (None at the end of the answer).
+        out: list[str] = []
+        position = 0
+        for match in _TOKEN.finditer(text):
+            self._emit(out, text[position : match.start()])
+            if match["ticks"]:
+                self._backticks(out, match["ticks"])
+            else:
+                after = text[match.end()] if match.end() < len(text) else lookahead
+                self._marker(out, match, after)
+            position = match.end()
+        self._emit(out, text[position:])
+        return "".join(out)
+
+    def _backticks(self, out: list[str], run: str) -> None:
+        # A simplified CommonMark: a run of 3+ at the start of a line opens or closes a fence; other runs open
+        # an inline span that the next run of the same length closes. An unclosed span ends at the newline.
+        count = len(run)
+        if self._fence:
+            if count >= self._fence and self._line_blank:
+                self._fence = 0
+        elif self._inline:
+            if count == self._inline:
+                self._inline = 0
+        elif count >= 3 and self._line_blank:
+            self._fence = count
+        else:
+            self._inline = count
+        self._emit(out, run)
+
+    def _marker(self, out: list[str], match: re.Match[str], after: str | None) -> None:
+        number, space = int(match["number"]), match["space"] or ""
+        # "[1](url)" is already a link; "[1]: url" at a line start is a link reference definition.
+        if self._fence or self._inline or after == "(" or (after == ":" and self._line_blank):
+            self._emit(out, match[0])
+            return
+        source = self._lookup(number)
+        if source is None or self._mode == "default":
+            self._emit(out, space)
+            self._emit_marker(out, f"[{match['number']}]", number, None)
+        elif self._mode == "markdown":
+            self._emit(out, space)
+            self._emit_marker(out, f"[{match['number']}]({_link_target(source.url)})", number, source)
+        else:
+            self._remove_marker(out, space, number, source, after)
+
+    def _emit_marker(self, out: list[str], text: str, number: int, source: CitedSource | None) -> None:
+        start = self._length
+        self._emit(out, text)
+        self._marks.append(_Mark(number, start, self._length, source))
+
+    def _remove_marker(self, out: list[str], space: str, number: int, source: CitedSource, after: str | None) -> None:
+        # The cited span is the sentence fragment before the marker; adjacent markers ("[1][2]") share it.
+        start = self._fragment_start if self._fragment_start is not None else self._length
+        end = max(start, self._fragment_end) if self._fragment_start is not None else start
+        self._marks.append(_Mark(number, start, end, source))
+        # Keep the space only when a word follows directly ("foo [1]bar" -> "foo bar"); before punctuation,
+        # whitespace or the end it would leave "large ." behind.
+        if space and after is not None and after.isalnum():
+            self._emit(out, space)
+        self._after_marker = True
+
+    def _lookup(self, number: int) -> CitedSource | None:
+        if 1 <= number <= len(self._sources) and self._sources[number - 1].url:
+            return self._sources[number - 1]
+        return None
+
+    # ---- output bookkeeping ---------------------------------------------------------------------
+
+    def _emit(self, out: list[str], text: str) -> None:
+        if not text:
+            return
+        if self._mode == "clean":
+            self._track_fragment(text)
+        newline = text.rfind("\n")
+        if newline >= 0:
+            self._inline = 0
+            self._line_blank = not text[newline + 1 :].strip()
+        elif text.strip():
+            self._line_blank = False
+        out.append(text)
+        self._length += len(text)
+
+    def _track_fragment(self, text: str) -> None:
+        # A fragment starts at the first non-space character after a sentence end (".!?" then whitespace),
+        # a newline or a removed marker; it ends after its last non-space character.
+        position = self._length
+        for char in text:
+            if self._after_marker:
+                self._fragment_start, self._after_stop, self._after_marker = None, False, False
+            if char == "\n" or (self._after_stop and char.isspace()):
+                self._fragment_start, self._after_stop = None, False
+            elif not char.isspace():
+                if self._fragment_start is None:
+                    self._fragment_start = position
+                self._fragment_end = position + 1
+                self._after_stop = char in _SENTENCE_END
+            position += 1
+
+
+def _link_target(url: str) -> str:
+    # A space or an unbalanced parenthesis would end a Markdown link destination early.
+    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+
+
+def _annotation(start: int, end: int, source: CitedSource) -> dict[str, Any]:
+    citation = {"start_index": start, "end_index": end, "url": source.url, "title": source.title or source.url}
+    return {"type": "url_citation", "url_citation": citation}

@@ -1,0 +1,435 @@
+"""The request schema of `POST /v1/chat/completions`: OpenAI's fields, Perplexity's extras and this server's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
+
+from schemas.common import (
+    REQUIRED,
+    RequestPartSchema,
+    array,
+    boolean,
+    choice,
+    integer,
+    mapping,
+    nested,
+    number,
+    string,
+)
+
+__all__ = ["ChatCompletionRequestSchema", "MessageSchema"]
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+CITATION_MODES = ("default", "markdown", "clean")
+MAX_STOP_SEQUENCES = 4
+MAX_METADATA_PAIRS = 16
+
+# Part types each role may send (OpenAI spec); the last three are Perplexity's own URL parts.
+_USER_PARTS = ("text", "image_url", "input_audio", "file", "file_url", "pdf_url", "video_url")
+_PARTS_BY_ROLE = {
+    "system": ("text",),
+    "developer": ("text",),
+    "tool": ("text",),
+    "function": ("text",),
+    "assistant": ("text", "refusal"),
+    "user": _USER_PARTS,
+}
+# Roles whose content may be absent or null: an assistant turn that only called tools.
+_CONTENT_OPTIONAL = ("assistant",)
+
+
+# ---- content parts ------------------------------------------------------------------------------
+
+
+class TextPartSchema(RequestPartSchema):
+    """`{"type": "text", "text": ...}`."""
+
+    type = string(required=True)
+    text = string(required=True)
+
+
+class RefusalPartSchema(RequestPartSchema):
+    """`{"type": "refusal", "refusal": ...}` (assistant history only)."""
+
+    type = string(required=True)
+    refusal = string(required=True)
+
+
+class UrlSchema(RequestPartSchema):
+    """The object inside an `image_url` / `file_url` / `pdf_url` / `video_url` part."""
+
+    url = string(required=True)
+    detail = choice("auto", "low", "high")
+
+
+class UrlPartSchema(RequestPartSchema):
+    """A part that points at a URL; the key holding the URL object is named like the part's `type`."""
+
+    type = string(required=True)
+    image_url = nested(UrlSchema)
+    file_url = nested(UrlSchema)
+    pdf_url = nested(UrlSchema)
+    video_url = nested(UrlSchema)
+
+    @pre_load
+    def _wrap_bare_url(self, data: Any, **kwargs: Any) -> Any:
+        # Perplexity's API (and some OpenAI clients) send `"image_url": "https://..."`; normalise to `{"url": ...}`.
+        if isinstance(data, dict) and isinstance(data.get(data.get("type")), str):
+            data = {**data, data["type"]: {"url": data[data["type"]]}}
+        return data
+
+    @validates_schema
+    def _require_url(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get(data["type"]) is None:
+            raise ValidationError(REQUIRED, data["type"])
+
+
+class AudioSchema(RequestPartSchema):
+    """`input_audio`: base64 data and its format (OpenAI lists wav and mp3)."""
+
+    data = string(required=True)
+    format = string()
+
+
+class AudioPartSchema(RequestPartSchema):
+    """`{"type": "input_audio", "input_audio": {...}}`."""
+
+    type = string(required=True)
+    input_audio = nested(AudioSchema, required=True)
+
+
+class FileSchema(RequestPartSchema):
+    """`file`: inline base64 data (`file_data`, a data URI) or an uploaded `file_id`."""
+
+    filename = string()
+    file_data = string()
+    file_id = string()
+
+    @validates_schema
+    def _require_data_or_id(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("file_data") and not data.get("file_id"):
+            raise ValidationError("either 'file_data' or 'file_id' is required.")
+
+
+class FilePartSchema(RequestPartSchema):
+    """`{"type": "file", "file": {...}}`."""
+
+    type = string(required=True)
+    file = nested(FileSchema, required=True)
+
+
+_PART_SCHEMAS: dict[str, RequestPartSchema] = {
+    "text": TextPartSchema(),
+    "refusal": RefusalPartSchema(),
+    "input_audio": AudioPartSchema(),
+    "file": FilePartSchema(),
+    **{kind: UrlPartSchema() for kind in ("image_url", "file_url", "pdf_url", "video_url")},
+}
+
+
+def _load_part(part: Any) -> dict[str, Any]:
+    if not isinstance(part, dict):
+        raise ValidationError("must be an object.")
+    kind = part.get("type")
+    if kind is None:
+        raise ValidationError({"type": [REQUIRED]})
+    if not isinstance(kind, str) or kind not in _PART_SCHEMAS:
+        raise ValidationError({"type": [f"must be one of: {', '.join(_PART_SCHEMAS)}."]})
+    return _PART_SCHEMAS[kind].load(part)
+
+
+class MessageContent(fields.Field):
+    """`content`: a string, or an array of typed parts (each validated by its own schema)."""
+
+    default_error_messages = {"invalid": "must be a string or an array of content parts."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | list[dict[str, Any]]:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        parts, errors = [], {}
+        for index, part in enumerate(value):
+            try:
+                parts.append(_load_part(part))
+            except ValidationError as exc:
+                errors[index] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return parts
+
+
+# ---- messages -----------------------------------------------------------------------------------
+
+
+class FunctionCallSchema(RequestPartSchema):
+    """`function` inside an assistant's tool call: name and arguments (a JSON string per spec)."""
+
+    name = string(required=True)
+    # Some clients (Ollama-style) send arguments as an object; accept both and let the service serialise.
+    arguments = fields.Raw(allow_none=True)
+
+
+class ToolCallSchema(RequestPartSchema):
+    """One entry of an assistant message's `tool_calls`."""
+
+    id = string()
+    type = string()
+    function = nested(FunctionCallSchema)
+
+
+class MessageSchema(RequestPartSchema):
+    """One chat message; which fields are required depends on `role`."""
+
+    role = choice(*ROLES, required=True)
+    content = MessageContent(allow_none=True)
+    name = string()
+    tool_calls = array(nested(ToolCallSchema, allow_none=False))
+    tool_call_id = string()
+    refusal = string()
+    function_call = fields.Raw(allow_none=True)
+    # Continue and LibreChat echo the reasoning of earlier turns back; accepted and left for the caller to drop.
+    reasoning_content = string()
+
+    @validates_schema
+    def _check_role_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
+        role = data["role"]
+        content = data.get("content")
+        if role not in _CONTENT_OPTIONAL and content is None:
+            raise ValidationError(
+                REQUIRED if "content" not in data else f"must not be null for role '{role}'.", "content"
+            )
+        if role == "tool" and not data.get("tool_call_id"):
+            raise ValidationError(REQUIRED, "tool_call_id")
+        if isinstance(content, list):
+            _check_part_types(role, content)
+
+
+def _check_part_types(role: str, parts: list[dict[str, Any]]) -> None:
+    allowed = _PARTS_BY_ROLE[role]
+    for index, part in enumerate(parts):
+        if part["type"] not in allowed:
+            message = f"a {role} message may only contain parts of type: {', '.join(allowed)}."
+            raise ValidationError({index: {"type": [message]}}, "content")
+
+
+# ---- request options ----------------------------------------------------------------------------
+
+
+class StreamOptionsSchema(RequestPartSchema):
+    """`stream_options`; unknown keys are tolerated (clients add new ones before servers know them)."""
+
+    include_usage = boolean()
+    include_obfuscation = boolean()
+
+
+class StopField(fields.Field):
+    """`stop`: one string or an array of at most four strings."""
+
+    default_error_messages = {"invalid": "must be a string or an array of strings."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        if len(value) > MAX_STOP_SEQUENCES:
+            raise ValidationError(f"must have at most {MAX_STOP_SEQUENCES} items.")
+        errors = {index: ["must be a string."] for index, item in enumerate(value) if not isinstance(item, str)}
+        if errors:
+            raise ValidationError(errors)
+        return value
+
+
+def _only_one_choice(value: int | None) -> None:
+    # Perplexity gives one answer per ask; fanning out n asks would multiply cost and rate-limit use.
+    if value is not None and value < 1:
+        raise ValidationError("must be at least 1.")
+    if value is not None and value > 1:
+        raise ValidationError("only n=1 is supported by this server (it returns a single choice).")
+
+
+def _string_map(value: dict[Any, Any]) -> None:
+    if len(value) > MAX_METADATA_PAIRS:
+        raise ValidationError(f"must have at most {MAX_METADATA_PAIRS} key-value pairs.")
+    if not all(isinstance(key, str) and isinstance(item, str) for key, item in value.items()):
+        raise ValidationError("keys and values must be strings.")
+
+
+class JsonSchemaFormatSchema(RequestPartSchema):
+    """`response_format.json_schema` (OpenAI requires `name`; Perplexity does not, so neither do we)."""
+
+    name = string()
+    description = string()
+    schema = mapping()
+    strict = boolean()
+
+
+class RegexFormatSchema(RequestPartSchema):
+    """`response_format.regex` (Perplexity's API)."""
+
+    regex = string(required=True)
+
+
+class ResponseFormatSchema(RequestPartSchema):
+    """`response_format`: text, json_object, json_schema (OpenAI) or regex (Perplexity)."""
+
+    type = choice("text", "json_object", "json_schema", "regex", required=True)
+    json_schema = nested(JsonSchemaFormatSchema)
+    regex = nested(RegexFormatSchema)
+
+    @validates_schema
+    def _require_details(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind = data["type"]
+        if kind in ("json_schema", "regex") and data.get(kind) is None:
+            raise ValidationError(REQUIRED, kind)
+
+
+class FunctionDefinitionSchema(RequestPartSchema):
+    """A function a tool (or the deprecated `functions` list) declares."""
+
+    name = string(required=True)
+    description = string()
+    parameters = mapping()
+    strict = boolean()
+
+
+class ToolSchema(RequestPartSchema):
+    """One entry of `tools`: a function tool or a custom (free-text input) tool."""
+
+    type = choice("function", "custom", required=True)
+    function = nested(FunctionDefinitionSchema)
+    custom = mapping()
+
+    @validates_schema
+    def _require_definition(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get(data["type"]) is None:
+            raise ValidationError(REQUIRED, data["type"])
+
+
+class NamedToolSchema(RequestPartSchema):
+    """`{"name": ...}` inside a named tool choice."""
+
+    name = string(required=True)
+
+
+class AllowedToolsSchema(RequestPartSchema):
+    """`allowed_tools` inside a tool choice."""
+
+    mode = choice("auto", "required", required=True)
+    tools = array(mapping(allow_none=False), required=True)
+
+
+class ToolChoiceObjectSchema(RequestPartSchema):
+    """The object form of `tool_choice`."""
+
+    type = choice("function", "custom", "allowed_tools", required=True)
+    function = nested(NamedToolSchema)
+    custom = nested(NamedToolSchema)
+    allowed_tools = nested(AllowedToolsSchema)
+
+    @validates_schema
+    def _require_details(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get(data["type"]) is None:
+            raise ValidationError(REQUIRED, data["type"])
+
+
+_TOOL_CHOICE_OBJECT = ToolChoiceObjectSchema()
+
+
+class ToolChoiceField(fields.Field):
+    """`tool_choice`: "none" | "auto" | "required", or an object naming a tool."""
+
+    default_error_messages = {"invalid": "must be 'none', 'auto', 'required' or an object."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | dict[str, Any]:
+        if isinstance(value, dict):
+            return _TOOL_CHOICE_OBJECT.load(value)
+        if value in ("none", "auto", "required"):
+            return value
+        raise self.make_error("invalid")
+
+
+class ApproximateLocationSchema(RequestPartSchema):
+    """`user_location.approximate` (OpenAI)."""
+
+    country = string()
+    region = string()
+    city = string()
+    timezone = string()
+
+
+class UserLocationSchema(RequestPartSchema):
+    """`web_search_options.user_location`: OpenAI's `{type, approximate}` or Perplexity's flat coordinates."""
+
+    type = string()
+    approximate = nested(ApproximateLocationSchema)
+    latitude = number(-90, 90)
+    longitude = number(-180, 180)
+    country = string()
+    region = string()
+    city = string()
+
+
+class WebSearchOptionsSchema(RequestPartSchema):
+    """`web_search_options` as OpenAI and Perplexity define it."""
+
+    search_context_size = choice("low", "medium", "high")
+    search_type = choice("fast", "pro", "auto")
+    user_location = nested(UserLocationSchema)
+    image_results_enhanced_relevance = boolean()
+
+
+# ---- the request --------------------------------------------------------------------------------
+
+
+class ChatCompletionRequestSchema(RequestPartSchema):
+    """`POST /v1/chat/completions`; unknown fields are kept (SDK `extra_body` is how Perplexity options arrive)."""
+
+    model = string(required=True)
+    messages = array(
+        nested(MessageSchema, allow_none=False),
+        required=True,
+        validate=validate.Length(min=1, error="must contain at least one message."),
+    )
+    stream = boolean(load_default=False)
+    stream_options = nested(StreamOptionsSchema)
+    n = integer(load_default=1, validate=_only_one_choice)
+    stop = StopField(allow_none=True)
+    max_tokens = integer(validate=validate.Range(min=1, error="must be at least {min}."))
+    max_completion_tokens = integer(validate=validate.Range(min=1, error="must be at least {min}."))
+    # Sampling knobs cannot reach Perplexity; they are range-checked like OpenAI does, then ignored.
+    temperature = number(0, 2)
+    top_p = number(0, 1)
+    presence_penalty = number(-2, 2)
+    frequency_penalty = number(-2, 2)
+    logit_bias = mapping()
+    logprobs = boolean()
+    top_logprobs = integer(validate=validate.Range(0, 20, error="must be between {min} and {max}."))
+    seed = integer()
+    user = string()
+    safety_identifier = string()
+    metadata = mapping(validate=_string_map)
+    store = boolean()
+    reasoning_effort = choice(*REASONING_EFFORTS)
+    response_format = nested(ResponseFormatSchema)
+    tools = array(nested(ToolSchema, allow_none=False))
+    tool_choice = ToolChoiceField(allow_none=True)
+    parallel_tool_calls = boolean()
+    functions = array(nested(FunctionDefinitionSchema, allow_none=False))
+    function_call = fields.Raw(allow_none=True)
+    web_search_options = nested(WebSearchOptionsSchema)
+    # Perplexity's official API names (docs.perplexity.ai; perplexity-py completion_create_params.py).
+    search_mode = choice("web", "academic", "sec")
+    search_recency_filter = choice("hour", "day", "week", "month", "year")
+    search_domain_filter = array(string(allow_none=False))
+    search_language_filter = array(string(allow_none=False))
+    return_related_questions = boolean()
+    return_images = boolean()
+    disable_search = boolean()
+    # This server's own options; None means "use the server's configured default".
+    citation_mode = choice(*CITATION_MODES, load_default=None)
+    conversation_id = string()
