@@ -1,0 +1,119 @@
+"""Chat blueprint: POST /v1/chat/completions (JSON or SSE) and the caller's conversations."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+
+from schemas.chat import ChatCompletionRequestSchema
+
+from .auth import caller
+from .completion import CompletionMeta, completion
+from .errors import APIError
+from .service import PreparedAsk
+from .sse import chat_chunks
+from .state import state
+from .turn import ChatTurn, TurnLimits
+
+__all__ = ["bp"]
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("chat", __name__)
+_schema = ChatCompletionRequestSchema()
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object; 415 when it is not JSON, 400 when it does not parse."""
+    if not request.is_json:
+        raise APIError(
+            415, "The request body must be JSON (Content-Type: application/json).", code="unsupported_media_type"
+        )
+    try:
+        body = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _limits(body: dict[str, Any]) -> TurnLimits:
+    stop = body.get("stop")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    mode = body.get("citation_mode") or current_app.config["DEFAULT_CITATION_MODE"]
+    return TurnLimits(citation_mode=mode, stops=stops, max_tokens=max_tokens)
+
+
+def _meta(prepared: PreparedAsk, body: dict[str, Any]) -> CompletionMeta:
+    return CompletionMeta(
+        model=prepared.model.id,
+        want_related=bool(body.get("return_related_questions")),
+        want_images=bool(body.get("return_images")),
+    )
+
+
+def _prompt_text(prepared: PreparedAsk) -> str:
+    return "\n".join(text for _, text in prepared.transcript.keyed_turns())
+
+
+@bp.post("/v1/chat/completions")
+def create_chat_completion() -> Response:
+    """Answer a chat with Perplexity, streamed or whole."""
+    body = _schema.load(json_body())
+    server = state()
+    prepared = server.service.prepare(body, caller(body))
+    limits, meta = _limits(body), _meta(prepared, body)
+    stream = server.service.open(prepared)  # opened here so errors before the first byte get a real status
+    turn = ChatTurn(limits)
+    headers = {"X-Conversation-ID": prepared.conversation_id}
+
+    def remember(done: ChatTurn) -> None:
+        server.service.remember(prepared, done.thread, done.content, done.title)
+
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunks = chat_chunks(
+            stream,
+            turn,
+            meta,
+            prompt_text=_prompt_text(prepared),
+            include_usage=include_usage,
+            heartbeat=float(current_app.config["HEARTBEAT_INTERVAL"]),
+            on_done=remember,
+        )
+        response = Response(chunks, mimetype="text/event-stream", headers={**_SSE_HEADERS, **headers})
+        response.call_on_close(stream.close)  # a generator that never started never runs its finally
+        return response
+    with stream:
+        for event in stream:
+            turn.feed(event)
+            if turn.finish_reason is not None:
+                break
+    if turn.completed is not None and turn.completed.revised and turn.finish_reason == "stop":
+        turn.rerender(turn.completed.final_answer)  # a whole answer can take Perplexity's revision
+    remember(turn)
+    return Response(
+        orjson.dumps(completion(turn, meta, _prompt_text(prepared))), mimetype="application/json", headers=headers
+    )
+
+
+@bp.get("/conversations")
+def list_conversations() -> Response:
+    """The caller's own conversations."""
+    items = [c.public() for c in state().store.list(caller())]
+    return Response(orjson.dumps({"object": "list", "data": items}), mimetype="application/json")
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id: str) -> Response:
+    """Forget one of the caller's conversations."""
+    if not state().store.delete(caller(), conversation_id):
+        raise APIError(404, f"No conversation '{conversation_id}'.", code="conversation_not_found")
+    body = {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+    return Response(orjson.dumps(body), mimetype="application/json")

@@ -1,0 +1,126 @@
+"""Build OpenAI chat completion objects (whole responses, stream chunks, usage) from a ChatTurn."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from perplexity.types import MediaItem, Source
+
+from .turn import ChatTurn, count_tokens
+
+__all__ = ["CompletionMeta", "chunk", "completion", "extras", "usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionMeta:
+    """Identity of one completion, shared by all its chunks."""
+
+    model: str
+    id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
+    created: int = field(default_factory=lambda: int(time.time()))
+    want_related: bool = False
+    want_images: bool = False
+
+
+def search_results(sources: tuple[Source, ...]) -> list[dict[str, Any]]:
+    """Perplexity API's `search_results`, ordered like `citations`."""
+    return [
+        {
+            "title": s.title,
+            "url": s.url,
+            "date": s.date,
+            "snippet": s.snippet,
+            "source": "attachment" if s.is_attachment else "web",
+        }
+        for s in sources
+    ]
+
+
+def images(media: tuple[MediaItem, ...]) -> list[dict[str, Any]]:
+    """Perplexity API's `images`."""
+    return [
+        {"image_url": m.url, "origin_url": m.origin_url, "title": m.title, "width": m.width, "height": m.height}
+        for m in media
+        if m.medium == "image"
+    ]
+
+
+def extras(turn: ChatTurn, meta: CompletionMeta, *, final: bool) -> dict[str, Any]:
+    """Perplexity's own top-level fields: citations and search results, plus the opt-in ones."""
+    fields: dict[str, Any] = {}
+    if turn.sources:
+        fields["citations"] = [s.url for s in turn.sources]
+        fields["search_results"] = search_results(turn.sources)
+    if final and meta.want_related:
+        fields["related_questions"] = list(turn.related)
+    if final and meta.want_images:
+        fields["images"] = images(turn.media)
+    return fields
+
+
+def usage(prompt_text: str, turn: ChatTurn) -> dict[str, Any]:
+    """Estimated usage (see README): reasoning counts inside completion tokens, as OpenAI does."""
+    prompt = count_tokens(prompt_text)
+    reasoning = count_tokens(turn.reasoning)
+    completion_tokens = count_tokens(turn.content) + reasoning
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def completion(turn: ChatTurn, meta: CompletionMeta, prompt_text: str) -> dict[str, Any]:
+    """The `chat.completion` object of a finished turn."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": turn.content,
+        "refusal": None,
+        "annotations": turn.annotations,
+    }
+    if turn.reasoning:
+        message["reasoning_content"] = message["reasoning"] = turn.reasoning
+    return {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": turn.finish_reason or "stop", "logprobs": None}],
+        "usage": usage(prompt_text, turn),
+        "service_tier": "default",
+        "system_fingerprint": None,
+        **extras(turn, meta, final=True),
+    }
+
+
+def chunk(
+    meta: CompletionMeta,
+    delta: dict[str, Any],
+    *,
+    finish_reason: str | None = None,
+    fields: dict[str, Any] | None = None,
+    with_usage: bool = False,
+) -> dict[str, Any]:
+    """One `chat.completion.chunk`; `with_usage` adds `"usage": null` as include_usage requires."""
+    body: dict[str, Any] = {
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+    if with_usage:
+        body["usage"] = None
+    if fields:
+        body.update(fields)
+    return body

@@ -1,0 +1,149 @@
+"""Read OpenAI chat messages: plain text per turn, attachments to upload, and the flattened Perplexity query."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import APIError
+
+__all__ = ["Attachment", "Transcript", "flatten_query", "read_messages"]
+
+_DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,(?P<data>.*)$", re.S)
+_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "tool": "Tool result", "function": "Tool result"}
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file a message carried inline, to upload before asking."""
+
+    filename: str
+    content: bytes
+    content_type: str | None
+
+
+@dataclass(slots=True)
+class Transcript:
+    """The conversation as text: system instructions and (role, text) turns, plus inline files."""
+
+    system: str = ""
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+
+    def keyed_turns(self) -> list[tuple[str, str]]:
+        """Turns that identify the conversation, the system text first."""
+        return ([("system", self.system)] if self.system else []) + self.turns
+
+
+def _decode_data_uri(uri: str, param: str) -> tuple[bytes, str | None]:
+    match = _DATA_URI.match(uri)
+    if not match:
+        raise APIError(400, "Only base64 data: URIs are accepted for inline files.", code="invalid_value", param=param)
+    try:
+        return base64.b64decode(match.group("data"), validate=False), match.group("type")
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(400, "The inline file is not valid base64.", code="invalid_value", param=param) from exc
+
+
+def _part_text(part: dict[str, Any], transcript: Transcript, param: str) -> str:
+    kind = part.get("type")
+    if kind in ("text", "input_text", "output_text"):
+        return str(part.get("text") or "")
+    if kind == "refusal":
+        return str(part.get("refusal") or "")
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        if isinstance(url, str) and url.startswith("data:"):
+            content, ctype = _decode_data_uri(url, f"{param}.image_url")
+            ext = (ctype or "image/png").split("/")[-1]
+            transcript.attachments.append(Attachment(f"image-{len(transcript.attachments) + 1}.{ext}", content, ctype))
+            return ""
+        return f"(image: {url})" if isinstance(url, str) else ""
+    if kind == "file":
+        file = part.get("file") or {}
+        data = file.get("file_data")
+        if isinstance(data, str) and data:
+            content, ctype = (
+                _decode_data_uri(data, f"{param}.file.file_data")
+                if data.startswith("data:")
+                else (_b64(data, f"{param}.file.file_data"), None)
+            )
+            name = str(file.get("filename") or f"file-{len(transcript.attachments) + 1}")
+            transcript.attachments.append(Attachment(name, content, ctype))
+            return ""
+        raise APIError(400, "File parts need inline file_data; file ids are not supported.", param=param)
+    if kind == "input_audio":
+        raise APIError(400, "Audio input is not supported.", code="unsupported_value", param=param)
+    return ""
+
+
+def _b64(data: str, param: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(400, "The inline file is not valid base64.", code="invalid_value", param=param) from exc
+
+
+def _content_text(content: Any, transcript: Transcript, param: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = [
+        _part_text(part, transcript, f"{param}[{index}]")
+        for index, part in enumerate(content)
+        if isinstance(part, dict)
+    ]
+    return "\n".join(t for t in texts if t)
+
+
+def _tool_calls_text(message: dict[str, Any]) -> str:
+    calls = message.get("tool_calls") or []
+    lines = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            lines.append(f"(called tool {function.get('name')} with {function.get('arguments')})")
+    return "\n".join(lines)
+
+
+def read_messages(messages: list[dict[str, Any]]) -> Transcript:
+    """Split messages into system text and turns; inline images and files become attachments."""
+    transcript = Transcript()
+    system: list[str] = []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        text = _content_text(message.get("content"), transcript, f"messages[{index}].content").strip()
+        if role in ("system", "developer"):  # developer is the newer name for system
+            if text:
+                system.append(text)
+            continue
+        if role == "assistant":
+            text = "\n".join(t for t in (text, _tool_calls_text(message)) if t)
+        transcript.turns.append((str(role), text))
+    transcript.system = "\n\n".join(system)
+    if not transcript.turns or transcript.turns[-1][0] not in ("user", "tool", "function"):
+        raise APIError(400, "The last message must be a user (or tool) message.", param="messages")
+    if not transcript.turns[-1][1] and not transcript.attachments:
+        raise APIError(400, "The last message has no text.", param=f"messages[{len(messages) - 1}].content")
+    return transcript
+
+
+def flatten_query(transcript: Transcript) -> str:
+    """One Perplexity query for a new thread: instructions, earlier turns, then the question."""
+    question = transcript.turns[-1][1]
+    history = transcript.turns[:-1]
+    if not transcript.system and not history:
+        return question
+    parts = []
+    if transcript.system:
+        parts.append(f"Instructions: {transcript.system}")
+    if history:
+        lines = [f"{_ROLE_NAMES.get(role, role.title())}: {text}" for role, text in history if text]
+        parts.append("Conversation so far:\n" + "\n\n".join(lines))
+    parts.append(f"Question: {question}")
+    return "\n\n".join(parts)

@@ -1,0 +1,131 @@
+"""Public model ids (perplexity-auto, claude-4.8-opus, ...) and the upstream model each one selects."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+from perplexity.catalogue import Catalogue
+from perplexity.types import ModelInfo
+
+__all__ = ["BUILTIN_CATALOGUE", "ModelMap", "PublicModel", "readable_id"]
+
+# Stable `created` values: a fixed epoch plus a per-id offset, the same on every call and restart.
+_EPOCH = 1735689600  # 2025-01-01T00:00:00Z
+
+# Public alias -> (default_models key, upstream id used when the catalogue does not say).
+_ALIASES = {
+    "perplexity-auto": ("search", "pplx_pro", "Perplexity Best: Perplexity picks the model"),
+    "perplexity-sonar": (None, "experimental", "Perplexity Sonar"),
+    "perplexity-research": ("research", "pplx_alpha", "Perplexity Deep Research"),
+    "perplexity-labs": ("studio", "pplx_beta", "Perplexity Labs"),
+}
+
+_PROVIDERS = {
+    "claude": "anthropic",
+    "gpt": "openai",
+    "o": "openai",
+    "gemini": "google",
+    "grok": "xai",
+    "kimi": "moonshot",
+    "glm": "zhipu",
+    "nv": "nvidia",
+    "r": "perplexity",
+}
+
+
+def _model(upstream: str, label: str, provider: str, *, reasoning: bool = False, variant: str | None = None):
+    return ModelInfo(upstream, label, provider, "search", "pro", reasoning, variant)
+
+
+# Used until (or when) the account's catalogue cannot be loaded; ids as of 2026-09 (protocol doc 4).
+BUILTIN_CATALOGUE = Catalogue(
+    models=(
+        _model("pplx_pro", "Best", "PERPLEXITY"),
+        _model("experimental", "Sonar", "PERPLEXITY"),
+        ModelInfo("pplx_alpha", "Deep Research", "PERPLEXITY", "research", "pro"),
+        ModelInfo("pplx_beta", "Labs", "PERPLEXITY", "studio", "pro"),
+        _model("gpt55", "GPT-5.5", "OPENAI", variant="gpt55_thinking"),
+        _model("gpt55_thinking", "GPT-5.5 Thinking", "OPENAI", reasoning=True),
+        _model("claude48opus", "Claude Opus 4.8", "ANTHROPIC", variant="claude48opusthinking"),
+        _model("claude48opusthinking", "Claude Opus 4.8 Thinking", "ANTHROPIC", reasoning=True),
+        _model("claude50sonnet", "Claude Sonnet 5", "ANTHROPIC", variant="claude50sonnetthinking"),
+        _model("claude50sonnetthinking", "Claude Sonnet 5 Thinking", "ANTHROPIC", reasoning=True),
+        _model("gemini31pro_high", "Gemini 3.1 Pro", "GOOGLE"),
+        _model("kimik26thinking", "Kimi K2.6 Thinking", "MOONSHOT", reasoning=True),
+    ),
+    default_models={"search": "pplx_pro", "research": "pplx_alpha", "studio": "pplx_beta"},
+    schema="builtin",
+)
+
+_ID = re.compile(r"^([a-z]+?)(\d+)(.*)$")
+
+
+def readable_id(upstream: str) -> str:
+    """claude48opusthinking -> claude-4.8-opus-thinking, gpt55_thinking -> gpt-5.5-thinking."""
+    name = upstream.lower()
+    thinking = name.endswith("thinking")
+    if thinking:
+        name = name[: -len("thinking")].rstrip("_")
+    match = _ID.match(name)
+    if match:
+        family, digits, rest = match.groups()
+        version = f"{digits[0]}.{digits[1:]}" if len(digits) == 2 else digits
+        parts = [family, version, *[p for p in re.split(r"[_\W]+", rest) if p]]
+        name = "-".join(parts)
+    name = name.replace("_", "-")
+    return f"{name}-thinking" if thinking else name
+
+
+@dataclass(frozen=True, slots=True)
+class PublicModel:
+    """One entry of /v1/models and what it sends upstream."""
+
+    id: str
+    upstream: str
+    owned_by: str
+    label: str
+    reasoning: bool = False
+    mode: str = "search"
+
+    @property
+    def created(self) -> int:
+        """Stable across calls and restarts."""
+        return _EPOCH + zlib.crc32(self.id.encode()) % 86_400_000
+
+    def openai(self) -> dict[str, object]:
+        """The OpenAI `Model` object."""
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+
+
+def _owner(info: ModelInfo) -> str:
+    if info.provider:
+        return info.provider.lower()
+    family = re.match(r"[a-z]+", info.id)
+    return _PROVIDERS.get(family.group(0) if family else "", "perplexity")
+
+
+class ModelMap:
+    """The public ids for one catalogue; upstream ids are accepted as ids too."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        self._by_id: dict[str, PublicModel] = {}
+        for alias, (default_key, fallback, label) in _ALIASES.items():
+            upstream = catalogue.default_models.get(default_key, fallback) if default_key else fallback
+            self._by_id[alias] = PublicModel(alias, upstream, "perplexity", label, mode=default_key or "search")
+        for info in catalogue.models:
+            if info.mode not in ("search", "research", "studio"):
+                continue  # agentic/computer/browser modes need UI round-trips this API cannot make
+            entry = PublicModel(readable_id(info.id), info.id, _owner(info), info.label, info.reasoning, info.mode)
+            self._by_id.setdefault(entry.id, entry)
+        self._upstream = {m.upstream: m for m in self._by_id.values() if not m.id.startswith("perplexity-")}
+
+    def models(self) -> list[PublicModel]:
+        """Every public model, aliases first."""
+        return list(self._by_id.values())
+
+    def resolve(self, model_id: str) -> PublicModel | None:
+        """The model for a public id or a raw upstream id; None when unknown."""
+        return self._by_id.get(model_id) or self._upstream.get(model_id)

@@ -1,0 +1,32 @@
+"""Models blueprint: GET /v1/models and GET /v1/models/<id> in the OpenAI shape."""
+
+from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response
+
+from .errors import APIError
+from .state import state
+
+__all__ = ["bp"]
+
+bp = Blueprint("models", __name__)
+
+
+def _json(body: object) -> Response:
+    return Response(orjson.dumps(body), mimetype="application/json")
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    """Every public model id."""
+    return _json({"object": "list", "data": [m.openai() for m in state().models.models()]})
+
+
+@bp.get("/v1/models/<path:model_id>")
+def retrieve_model(model_id: str) -> Response:
+    """One model, or a 404 error object."""
+    model = state().models.resolve(model_id)
+    if model is None or model.id != model_id and model.upstream != model_id:
+        raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
+    return _json(model.openai())

@@ -1,0 +1,178 @@
+"""Server-sent events out: event encoding, heartbeats during upstream silence, and the chat chunk generator."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from perplexity.errors import PerplexityError
+from perplexity.stream import AskStream
+
+from .completion import CompletionMeta, chunk, extras, usage
+from .errors import APIError, error_payload, to_api_error
+from .turn import ChatTurn, Piece
+
+__all__ = ["DONE", "PING", "chat_chunks", "encode", "error_event", "with_heartbeats"]
+
+log = logging.getLogger(__name__)
+
+PING = b": ping\n\n"
+DONE = b"data: [DONE]\n\n"
+_END = object()
+_BATCH = 64  # events handed over per wake-up; bounds latency while saving writes
+
+
+def encode(data: Any, event: str | None = None) -> bytes:
+    """One SSE event with compact JSON data."""
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def error_event(exc: BaseException) -> bytes:
+    """The single `data: {"error": ...}` event that ends a broken stream (no [DONE] after it)."""
+    error = to_api_error(exc)
+    if not isinstance(exc, PerplexityError | APIError):
+        log.exception("stream failed")
+    return encode(error_payload(error))
+
+
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _reader(source: Iterable[Any], box: queue.Queue[Any], stopped: threading.Event) -> None:
+    try:
+        for item in source:
+            while not stopped.is_set():
+                try:
+                    box.put(item, timeout=1.0)
+                    break
+                except queue.Full:
+                    continue
+            if stopped.is_set():
+                return
+        box.put(_END)
+    except BaseException as exc:  # handed to the consumer, which re-raises it in its own context
+        box.put(_Failure(exc))
+
+
+def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], None]) -> Iterator[list[Any] | None]:
+    """Batches of items from `source`, read in a helper thread; None after `interval` s of silence.
+
+    Under gevent the thread and queue are greenlet-based (monkey patching), so one stream costs a
+    greenlet, not an OS thread. `close` is called when the consumer stops early so the reader,
+    blocked on the upstream socket, is released at once.
+    """
+    box: queue.Queue[Any] = queue.Queue(maxsize=256)
+    stopped = threading.Event()
+    thread = threading.Thread(target=_reader, args=(source, box, stopped), daemon=True, name="upstream-reader")
+    thread.start()
+    try:
+        while True:
+            try:
+                item = box.get(timeout=interval)
+            except queue.Empty:
+                yield None
+                continue
+            batch = [item]
+            while len(batch) < _BATCH and batch[-1] is not _END and not isinstance(batch[-1], _Failure):
+                try:
+                    batch.append(box.get_nowait())
+                except queue.Empty:
+                    break
+            last = batch[-1]
+            items = [i for i in batch if i is not _END and not isinstance(i, _Failure)]
+            if items:
+                yield items
+            if isinstance(last, _Failure):
+                raise last.exc
+            if last is _END:
+                return
+    finally:
+        stopped.set()
+        close()
+
+
+def _piece_chunk(meta: CompletionMeta, piece: Piece, fields: dict[str, Any], with_usage: bool) -> bytes | None:
+    if piece.kind == "content":
+        delta: dict[str, Any] = {"content": piece.text}
+    elif piece.kind == "reasoning":
+        delta = {"reasoning_content": piece.text, "reasoning": piece.text}
+    else:
+        return None  # sources ride on the next chunk; finish is sent once at the end
+    return encode(chunk(meta, delta, fields=fields, with_usage=with_usage))
+
+
+def chat_chunks(
+    stream: AskStream,
+    turn: ChatTurn,
+    meta: CompletionMeta,
+    *,
+    prompt_text: str,
+    include_usage: bool,
+    heartbeat: float,
+    on_done: Callable[[ChatTurn], None],
+) -> Iterator[bytes]:
+    """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
+    yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
+    started = False
+    fields: dict[str, Any] = {}
+    try:
+        for batch in with_heartbeats(stream, heartbeat, stream.close):
+            if batch is None:
+                yield PING
+                continue
+            out: list[bytes] = []
+            for event in batch:
+                for piece in turn.feed(event):
+                    if piece.kind == "sources":
+                        fields = extras(turn, meta, final=False)
+                    if not started:
+                        started = True
+                        role = {"role": "assistant", "content": ""}
+                        out.append(encode(chunk(meta, role, fields=fields, with_usage=include_usage)))
+                    encoded = _piece_chunk(meta, piece, fields, include_usage)
+                    if encoded:
+                        out.append(encoded)
+                if turn.finish_reason is not None:
+                    break
+            if out:
+                yield b"".join(out)
+            if turn.finish_reason is not None:
+                break
+        yield _closing(turn, meta, prompt_text, include_usage, started)
+        on_done(turn)
+    except Exception as exc:
+        yield error_event(exc)
+    finally:
+        stream.close()
+
+
+def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usage: bool, started: bool) -> bytes:
+    parts = []
+    if not started:
+        parts.append(encode(chunk(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)))
+    fields = extras(turn, meta, final=True)
+    if turn.annotations:
+        # Not in the spec's delta schema, but OpenRouter-style clients read annotations from a late delta.
+        delta: dict[str, Any] = {"annotations": turn.annotations}
+    else:
+        delta = {}
+    parts.append(
+        encode(chunk(meta, delta, finish_reason=turn.finish_reason or "stop", fields=fields, with_usage=include_usage))
+    )
+    if include_usage:
+        body = chunk(meta, {}, fields=None)
+        body["choices"] = []
+        body["usage"] = usage(prompt_text, turn)
+        parts.append(encode(body))
+    parts.append(DONE)
+    return b"".join(parts)

@@ -1,0 +1,143 @@
+"""One answer turn: Perplexity events in; rendered content, reasoning and sources out, with stop and length limits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from perplexity.types import (
+    AnswerDelta,
+    AskEvent,
+    Completed,
+    MediaItem,
+    MediaUpdate,
+    ReasoningDelta,
+    RelatedQuestions,
+    Source,
+    SourcesUpdate,
+    ThreadIds,
+    ThreadUpdate,
+    TitleUpdate,
+)
+
+from .citations import CitationRenderer
+from .stop import StopScanner
+
+__all__ = ["ChatTurn", "Piece", "TurnLimits", "count_tokens"]
+
+CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English; the README says so
+
+
+def count_tokens(text: str) -> int:
+    """Estimated tokens: one per four characters, rounded up (Perplexity reports no counts)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLimits:
+    """What the request asked for the output."""
+
+    citation_mode: str = "default"
+    stops: tuple[str, ...] = ()
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One output step: kind is content, reasoning, sources or finish."""
+
+    kind: str
+    text: str = ""
+
+
+class ChatTurn:
+    """Feed AskEvents; get Pieces. Content is append-only, already rendered and limited."""
+
+    def __init__(self, limits: TurnLimits) -> None:
+        self.limits = limits
+        self._renderer = CitationRenderer(limits.citation_mode)
+        self._stopper = StopScanner(limits.stops)
+        self._budget = limits.max_tokens * CHARS_PER_TOKEN if limits.max_tokens else None
+        self.content = ""
+        self.reasoning = ""
+        self.sources: tuple[Source, ...] = ()
+        self.media: tuple[MediaItem, ...] = ()
+        self.related: tuple[str, ...] = ()
+        self.title: str | None = None
+        self.thread: ThreadIds | None = None
+        self.completed: Completed | None = None
+        self.finish_reason: str | None = None
+
+    @property
+    def annotations(self) -> list[dict[str, object]]:
+        """url_citation annotations inside the content handed out."""
+        size = len(self.content)
+        return [a for a in self._renderer.annotations if a["url_citation"]["end_index"] <= size]  # type: ignore[index]
+
+    def feed(self, event: AskEvent) -> list[Piece]:
+        """Apply one event; returns what to send now."""
+        if self.finish_reason is not None:
+            return []
+        if isinstance(event, AnswerDelta):
+            return self._content(self._renderer.feed(event.text))
+        if isinstance(event, ReasoningDelta):
+            self.reasoning += event.text
+            return [Piece("reasoning", event.text)]
+        if isinstance(event, SourcesUpdate):
+            self.sources = event.sources
+            self._renderer.set_sources(event.sources)
+            return [Piece("sources")]
+        if isinstance(event, ThreadUpdate):
+            self.thread = event.thread
+        elif isinstance(event, MediaUpdate):
+            self.media = event.items
+        elif isinstance(event, RelatedQuestions):
+            self.related = event.questions
+        elif isinstance(event, TitleUpdate):
+            self.title = event.title
+        elif isinstance(event, Completed):
+            return self._complete(event)
+        return []
+
+    def rerender(self, answer: str) -> None:
+        """Start the content over from `answer` (non-streamed turns use Perplexity's final text)."""
+        self._renderer = CitationRenderer(self.limits.citation_mode, self.sources)
+        self._stopper = StopScanner(self.limits.stops)
+        self.content, self.finish_reason = "", None
+        self._content(self._renderer.feed(answer) + self._renderer.flush())
+        self._finish_content()
+
+    def _complete(self, event: Completed) -> list[Piece]:
+        self.completed = event
+        self.thread = event.thread or self.thread
+        self.title = event.title or self.title
+        self.related = event.related_questions or self.related
+        self.media = event.media or self.media
+        pieces = self._content(self._renderer.flush())
+        if self.finish_reason is None:
+            pieces += self._finish_content()
+        return pieces
+
+    def _finish_content(self) -> list[Piece]:
+        pieces = self._content(self._stopper.flush(), final=True)
+        if self.finish_reason is None:
+            self.finish_reason = "stop"
+            pieces.append(Piece("finish", "stop"))
+        return pieces
+
+    def _content(self, text: str, *, final: bool = False) -> list[Piece]:
+        if not text or self.finish_reason is not None:
+            return []
+        text = text if final else self._stopper.feed(text)
+        pieces = []
+        if self._budget is not None and len(self.content) + len(text) > self._budget:
+            text = text[: max(0, self._budget - len(self.content))]
+            self.finish_reason = "length"
+        elif self._stopper.stopped:
+            self.finish_reason = "stop"
+        if text:
+            self.content += text
+            pieces.append(Piece("content", text))
+        if self.finish_reason is not None:
+            pieces.append(Piece("finish", self.finish_reason))
+        return pieces

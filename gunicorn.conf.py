@@ -1,0 +1,45 @@
+"""gunicorn settings for this server, read automatically from the working directory (cf. example_config.py)."""
+
+import os
+
+# Server socket
+#   bind - where to listen. PaaS platforms set PORT; 8000 otherwise.
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+#   backlog - connections queued while every worker is busy accepting.
+backlog = 2048
+
+# Worker processes
+#   worker_class - gevent: one greenlet per connection, so one worker holds thousands of long SSE streams
+#       while blocking `requests` calls to Perplexity cooperate (gevent patches the socket module).
+#   workers - default 1: conversation state, quotas and the stream cap live in process memory unless a
+#       Redis URL is configured, so more workers would each see only their own share.
+#   worker_connections - open connections (streams) one worker accepts; each costs ~2 file descriptors.
+#   timeout - for gevent workers this is a heartbeat of the worker's event loop, not a request limit:
+#       a 10-minute Deep Research stream is fine; only a hub blocked for this long gets the worker killed.
+#   graceful_timeout - on SIGTERM, how long in-flight streams may finish before the worker is stopped.
+#   keepalive - seconds to wait for the next request on a kept-alive connection; keep it above a fronting
+#       balancer's idle timeout so the two do not race.
+#   max_requests - 0: recycling a worker would cut every stream it holds.
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "120"))
+keepalive = int(os.environ.get("KEEPALIVE", "75"))
+max_requests = 0
+
+#   preload_app - must stay False: gevent patches sockets and ssl in each worker after the fork, and
+#       anything imported before that (the app, requests, urllib3) would keep unpatched, blocking sockets.
+preload_app = False
+
+# Logging
+#   accesslog/errorlog - "-" is stdout/stderr, where PaaS platforms collect logs.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+
+# Server mechanics
+#   forwarded_allow_ips - trust X-Forwarded-* only from these addresses (TRUST_PROXY sets a list).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
