@@ -210,7 +210,6 @@ class PerplexityClient:
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {
-            "user-agent": _USER_AGENT,
             "accept": "application/json",
             "accept-language": "en-US,en;q=0.9",
             "content-type": "application/json",
@@ -219,6 +218,10 @@ class PerplexityClient:
             "x-app-apiclient": "default",
             "x-app-apiversion": API_VERSION,
         }
+        if not self.transport.name.startswith("curl_cffi"):
+            # An impersonating transport sends its browser's own user agent; a different one would
+            # contradict the TLS fingerprint Cloudflare checks.
+            headers["user-agent"] = _USER_AGENT
         if self.user_id:
             headers["x-pplx-account"] = self.user_id
         headers.update(extra or {})

@@ -1,0 +1,620 @@
+"""Tests for both HTTP transports against a scripted HTTP server on 127.0.0.1, with and without gevent."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import logging
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from perplexity.errors import ConfigurationError, TransportError, UpstreamConnectError, UpstreamTimeoutError
+from perplexity.transport import (
+    CurlTransport,
+    RequestsTransport,
+    make_transport,
+    parse_set_cookies,
+    resolve_impersonation,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "__Secure-next-auth.session-token=eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0.SECRETVALUE123"
+
+
+# --- the scripted server -----------------------------------------------------------------------------
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Behaviour by path; query parameters tune it. `tag=x` lets a test ask whether the client left."""
+
+    protocol_version = "HTTP/1.1"
+    server: ScriptedServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        route = getattr(self, "route_" + url.path.strip("/").replace("-", "_"), None)
+        if route is None:
+            self.send_error(404)
+            return
+        try:
+            route()
+        except (BrokenPipeError, ConnectionResetError):
+            self.client_gone()
+
+    do_POST = do_PUT = do_GET
+
+    # helpers
+
+    def number(self, name: str, default: float) -> float:
+        return float(self.query.get(name, default))
+
+    def client_gone(self) -> None:
+        self.server.gone(self.query.get("tag", "")).set()
+        self.close_connection = True
+
+    def start_chunked(self, content_type: str = "text/event-stream") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def wait_for_client_to_leave(self, seconds: float) -> None:
+        """Hold the connection open; return early (recording it) if the client closes it."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.server.stop.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.02)
+            if readable:
+                try:
+                    data = self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.client_gone()
+                    return
+
+    def send_body(self, body: bytes, status: int = 200, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    # routes
+
+    def route_sse(self) -> None:
+        """`n` events, `gap` seconds apart, then the chunked terminator."""
+        self.start_chunked()
+        for i in range(int(self.number("n", 5))):
+            if i:
+                time.sleep(self.number("gap", 0.05))
+            self.chunk(b'event: message\r\ndata: {"i": %d}\r\n\r\n' % i)
+        self.chunk(b"event: end_of_stream\r\ndata: {}\r\n\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def route_close_delimited(self) -> None:
+        """No Content-Length and no chunking: the body ends when the server closes (HTTP/1.0 style)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i in range(int(self.number("n", 3))):
+            if i:
+                time.sleep(self.number("gap", 0.05))
+            self.wfile.write(b"data: %d\n\n" % i)
+        self.close_connection = True
+
+    def route_late(self) -> None:
+        """Answer after `delay` seconds (a server that never answers, for the client's timeout)."""
+        self.wait_for_client_to_leave(self.number("delay", 30))
+        if not self.close_connection:
+            self.send_body(b"{}")
+
+    def route_stall(self) -> None:
+        """Send `n` events, then go quiet without closing."""
+        self.start_chunked()
+        for i in range(int(self.number("n", 1))):
+            self.chunk(b"data: %d\n\n" % i)
+        self.wait_for_client_to_leave(self.number("hold", 30))
+
+    def route_reset(self) -> None:
+        """Send `n` events, then reset the connection (RST, not FIN). n=-1: reset before any response."""
+        n = int(self.number("n", 1))
+        if n >= 0:
+            self.start_chunked()
+            for i in range(n):
+                self.chunk(b"data: %d\n\n" % i)
+            self.wfile.flush()
+            time.sleep(0.05)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def route_truncated(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.close_connection = True
+
+    def route_cookies(self) -> None:
+        """Sets two cookies; the body is the Cookie header the request carried ("-" if none)."""
+        body = (self.headers.get("Cookie") or "-").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Set-Cookie", "a=1; Path=/; HttpOnly")
+        self.send_header("Set-Cookie", "b=two; Domain=.perplexity.ai; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Secure")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route_echo(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.send_body(
+            json.dumps(
+                {
+                    "method": self.command,
+                    "query": self.query,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": body.decode("latin-1"),
+                }
+            ).encode()
+        )
+
+    def route_gzip(self) -> None:
+        body = gzip.compress(b"data: compressed\n\n" * 100)
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route_big(self) -> None:
+        """`size` bytes of a position-dependent pattern, in 64 KiB chunks."""
+        size = int(self.number("size", 1 << 20))
+        self.start_chunked("application/octet-stream")
+        for start in range(0, size, 65536):
+            self.chunk(pattern(start, min(size, start + 65536)))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def route_status(self) -> None:
+        self.send_body(b'{"detail":"nope"}', status=int(self.number("code", 503)))
+
+
+def pattern(start: int, end: int) -> bytes:
+    return bytes(i % 251 for i in range(start, end))
+
+
+class ScriptedServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.connections = 0
+        self._gone: dict[str, threading.Event] = {}
+
+    def gone(self, tag: str) -> threading.Event:
+        with self.lock:
+            return self._gone.setdefault(tag, threading.Event())
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that leave mid-response are the point of several tests
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    srv = ScriptedServer()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.stop.set()
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+@pytest.fixture(params=["requests", "curl"])
+def transport(request: pytest.FixtureRequest) -> Iterator[RequestsTransport | CurlTransport]:
+    t = RequestsTransport(pool_size=8) if request.param == "requests" else CurlTransport(impersonate="chrome")
+    yield t
+    t.close()
+
+
+TIMEOUT = (2.0, 5.0)
+
+
+def get(transport, url: str, *, stream: bool = True, timeout=TIMEOUT, headers=None):
+    return transport.request("GET", url, headers=headers or {}, stream=stream, timeout=timeout)
+
+
+# --- status, headers, cookies ------------------------------------------------------------------------
+
+
+def test_status_headers_and_set_cookies(server, transport):
+    response = get(transport, server.url("/cookies"), stream=False)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain"
+    assert response.headers["CONTENT-LENGTH"] == "1"
+    assert response.set_cookies == {"a": "1", "b": "two"}
+    assert response.read() == b"-"
+    response.close()
+    response.close()  # idempotent
+
+
+def test_cookies_are_never_kept_between_requests(server, transport):
+    get(transport, server.url("/cookies"), stream=False).close()
+    again = get(transport, server.url("/cookies"), stream=False)
+    assert again.read() == b"-"
+    explicit = get(transport, server.url("/cookies"), stream=False, headers={"Cookie": "s=1"})
+    assert explicit.read() == b"s=1"
+
+
+def test_error_status_is_returned_not_raised(server, transport):
+    response = get(transport, server.url("/status?code=503"), stream=False)
+    assert response.status_code == 503
+    assert response.read() == b'{"detail":"nope"}'
+
+
+def test_body_encoding_is_the_same_for_both_transports(server, transport):
+    def echo(method: str, **kwargs) -> dict:
+        response = transport.request(method, server.url("/echo"), headers={"X-Test": "1"}, timeout=TIMEOUT, **kwargs)
+        return json.loads(response.read())
+
+    sent = echo("POST", json={"q": "café"}, params={"version": "2.18"})
+    assert sent["method"] == "POST" and sent["query"] == {"version": "2.18"}
+    assert json.loads(sent["body"]) == {"q": "café"}
+    assert sent["headers"]["content-type"] == "application/json" and sent["headers"]["x-test"] == "1"
+    form = echo("POST", data={"a": "1", "b": "x y"})
+    assert form["body"] == "a=1&b=x+y"
+    upload = echo("POST", data={"key": "k"}, files={"file": ("note.txt", b"hello", "text/plain")})
+    assert upload["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+    assert 'name="key"' in upload["body"] and 'filename="note.txt"' in upload["body"]
+    assert "hello" in upload["body"]
+    assert echo("PUT", data=b"raw")["method"] == "PUT"
+    assert echo("GET")["body"] == ""
+    empty_post = echo("POST")
+    assert empty_post["method"] == "POST" and empty_post["headers"]["content-length"] == "0"
+
+
+def test_gzip_body_is_decoded(server, transport):
+    assert get(transport, server.url("/gzip"), stream=False).read() == b"data: compressed\n\n" * 100
+
+
+def test_keep_alive_connection_is_reused(server, transport):
+    get(transport, server.url("/echo"), stream=False).close()
+    before = server.connections
+    for _ in range(3):
+        response = get(transport, server.url("/sse?n=2&gap=0"))
+        assert b"end_of_stream" in b"".join(response.iter_bytes())
+        response.close()
+    assert server.connections == before
+
+
+# --- streaming ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/sse?n=5&gap=0.3", "/close-delimited?n=5&gap=0.3"])
+def test_chunks_arrive_as_soon_as_they_are_sent(server, transport, path):
+    start = time.monotonic()
+    response = get(transport, server.url(path))
+    arrivals = []
+    for chunk in response.iter_bytes():
+        arrivals.append((time.monotonic() - start, chunk))
+    response.close()
+    events = [c for _, c in arrivals if b"data" in c]
+    assert len(events) >= 5
+    # Each event is delivered when sent (0, 0.3, 0.6 ... s), not held back for a 512-byte buffer.
+    for i, (at, _) in enumerate(arrivals[:5]):
+        assert 0.3 * i - 0.05 <= at <= 0.3 * i + 0.25, (i, at)
+
+
+def test_read_limit_cuts_a_long_body(server, transport):
+    response = get(transport, server.url("/big?size=3000000"))
+    assert response.read(limit=1000) == pattern(0, 1000)
+
+
+def test_large_stream_is_complete_and_in_order(server, transport):
+    # Bigger than the curl transport's pause threshold, so its backpressure path runs too.
+    size = 6 * 1024 * 1024
+    response = get(transport, server.url(f"/big?size={size}"))
+    body = b"".join(response.iter_bytes())
+    response.close()
+    assert len(body) == size and body == pattern(0, size)
+
+
+# --- failures ----------------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_connection_refused(transport):
+    with pytest.raises(UpstreamConnectError, match="127.0.0.1") as info:
+        get(transport, f"http://127.0.0.1:{closed_port()}/", headers={"Cookie": SECRET})
+    assert "SECRETVALUE" not in str(info.value)
+
+
+def test_connect_timeout_is_a_connect_error():
+    # A listener with a full accept queue drops further SYNs, so connect() hangs: loopback only.
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler.connect(("127.0.0.1", port))
+        for transport in (RequestsTransport(), CurlTransport()):
+            start = time.monotonic()
+            with pytest.raises(UpstreamConnectError, match="timed out connecting"):
+                get(transport, f"http://127.0.0.1:{port}/", timeout=(0.3, 5))
+            assert time.monotonic() - start < 2
+            transport.close()
+
+
+def test_read_timeout_before_headers(server, transport):
+    start = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError) as info:
+        get(transport, server.url("/late?delay=30&tag=late-" + transport.name), timeout=(2, 0.5))
+    assert time.monotonic() - start < 1.6
+    assert "SECRETVALUE" not in str(info.value)
+
+
+def test_read_timeout_mid_body(server, transport):
+    response = get(transport, server.url("/stall?n=1"), timeout=(2, 0.5), headers={"Cookie": SECRET})
+    chunks = response.iter_bytes()
+    assert next(chunks) == b"data: 0\n\n"
+    start = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError) as info:
+        next(chunks)
+    assert 0.4 <= time.monotonic() - start < 1.6
+    assert "SECRETVALUE" not in str(info.value)
+    response.close()
+
+
+def test_reset_mid_body(server, transport):
+    response = get(transport, server.url("/reset?n=1"))
+    with pytest.raises(TransportError) as info:
+        b"".join(response.iter_bytes())
+    assert not isinstance(info.value, (UpstreamTimeoutError, UpstreamConnectError))
+    response.close()
+
+
+def test_reset_before_response_is_not_a_connect_error(server, transport):
+    # The request was sent, so it must not look safe to retry.
+    with pytest.raises(TransportError) as info:
+        get(transport, server.url("/reset?n=-1"))
+    assert not isinstance(info.value, (UpstreamTimeoutError, UpstreamConnectError))
+
+
+def test_truncated_body(server, transport):
+    with pytest.raises(TransportError) as info:
+        get(transport, server.url("/truncated"), stream=False)
+    assert not isinstance(info.value, (UpstreamTimeoutError, UpstreamConnectError))
+
+
+# --- early close -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["sse?n=500&gap=0.02", "stall?n=1"])
+def test_early_close_is_seen_by_the_server(server, transport, route):
+    tag = f"early-{transport.name}-{route[:4]}"
+    response = get(transport, server.url(f"/{route}&tag={tag}"))
+    next(response.iter_bytes())
+    start = time.monotonic()
+    response.close()
+    assert time.monotonic() - start < 0.5  # close() itself never waits for the upstream
+    assert server.gone(tag).wait(3), "the server never saw the client leave"
+    assert list(response.iter_bytes()) == []
+
+
+# --- choosing a transport ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "base_url", "expected"),
+    [
+        (None, "https://www.perplexity.ai", "chrome"),
+        ("", "https://perplexity.ai/", "chrome"),
+        ("AUTO", "https://www.perplexity.ai", "chrome"),
+        (None, "http://127.0.0.1:8080", None),
+        ("auto", "https://notperplexity.ai", None),
+        ("auto", "https://perplexity.ai.evil.example", None),
+        ("off", "https://www.perplexity.ai", None),
+        ("False", "https://www.perplexity.ai", None),
+        ("0", "https://www.perplexity.ai", None),
+        ("none", "https://www.perplexity.ai", None),
+        ("chrome131", "http://127.0.0.1:8080", "chrome131"),
+        (" safari ", "https://www.perplexity.ai", "safari"),
+    ],
+)
+def test_resolve_impersonation(setting, base_url, expected):
+    assert resolve_impersonation(setting, base_url) == expected
+
+
+def test_resolve_impersonation_without_curl_cffi(monkeypatch):
+    monkeypatch.setattr("perplexity.transport._curl_cffi_available", lambda: False)
+    assert resolve_impersonation("auto", "https://www.perplexity.ai") is None
+    assert resolve_impersonation("off", "https://www.perplexity.ai") is None
+    with pytest.raises(ConfigurationError, match="curl_cffi"):
+        resolve_impersonation("chrome", "https://www.perplexity.ai")
+
+
+def test_make_transport():
+    # `impersonate` is already resolved: None means requests, even for perplexity.ai.
+    plain = make_transport(base_url="https://www.perplexity.ai")
+    assert isinstance(plain, RequestsTransport) and plain.name == "requests"
+    plain.close()
+    setting = resolve_impersonation(None, "https://www.perplexity.ai")
+    curl = make_transport(base_url="https://www.perplexity.ai", impersonate=setting)
+    assert isinstance(curl, CurlTransport) and curl.name == "curl_cffi:chrome"
+    curl.close()
+    forced = make_transport(base_url="http://127.0.0.1:9", impersonate="chrome131", pool_size=4)
+    assert forced.name == "curl_cffi:chrome131"
+    forced.close()
+    with pytest.raises(ConfigurationError):
+        make_transport(base_url="ftp://www.perplexity.ai")
+    with pytest.raises(ConfigurationError, match="impersonate"):
+        make_transport(base_url="http://127.0.0.1:9", impersonate="netscape4")
+
+
+def test_importing_the_module_loads_neither_curl_cffi_nor_gevent():
+    code = "import sys, perplexity.transport; print(sorted({'curl_cffi', 'gevent'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_parse_set_cookies():
+    assert parse_set_cookies(
+        [
+            "__Secure-next-auth.session-token=abc.def-ghi; Path=/; Expires=Wed, 21 Oct 2035 07:28:00 GMT",
+            "empty=; Max-Age=0",
+            "novalue",
+            " spaced = v ; HttpOnly",
+        ]
+    ) == {"__Secure-next-auth.session-token": "abc.def-ghi", "empty": "", "spaced": "v"}
+
+
+# --- gevent: the hub must keep running while streams are open ----------------------------------------
+
+GEVENT_SCRIPT = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json
+import sys
+import time
+
+import gevent
+
+from perplexity.errors import TransportError, UpstreamConnectError, UpstreamTimeoutError
+from perplexity.transport import CurlTransport, RequestsTransport
+
+base, closed_port = sys.argv[1], int(sys.argv[2])
+report = {}
+
+
+def stream(transport, path, timeout=(2, 5)):
+    url = path if path.startswith("http") else base + path
+    response = transport.request("GET", url, headers={}, stream=True, timeout=timeout)
+    try:
+        return b"".join(response.iter_bytes())
+    finally:
+        response.close()
+
+
+def with_ticker(work):
+    ticks = 0
+    running = True
+
+    def ticker():
+        nonlocal ticks
+        while running:
+            gevent.sleep(0.01)
+            ticks += 1
+
+    tick_greenlet = gevent.spawn(ticker)
+    start = time.monotonic()
+    result = work()
+    elapsed = time.monotonic() - start
+    running = False
+    tick_greenlet.join()
+    return result, ticks, elapsed
+
+
+def outcome(fn):
+    try:
+        fn()
+    except TransportError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+for transport in (RequestsTransport(), CurlTransport(impersonate="chrome")):
+    # Five concurrent ~1 s streams of 20 trickled events each.
+    jobs = lambda: gevent.joinall(
+        [gevent.spawn(stream, transport, "/sse?n=20&gap=0.05") for _ in range(5)], raise_error=True
+    )
+    greenlets, ticks, elapsed = with_ticker(jobs)
+    bodies = [g.value for g in greenlets]
+    # A non-streaming request that waits 0.5 s for its headers must not block the hub either.
+    late = lambda: transport.request("GET", base + "/late?delay=0.5", headers={}, timeout=(2, 5)).read()
+    _, late_ticks, late_elapsed = with_ticker(late)
+
+    def early_close():
+        response = transport.request("GET", base + "/stall?n=1&tag=gevent-" + transport.name, headers={},
+                                     stream=True, timeout=(2, 5))
+        next(response.iter_bytes())
+        response.close()
+
+    report[transport.name] = {
+        "ticks": ticks,
+        "expected": round(elapsed / 0.01),
+        "elapsed": round(elapsed, 3),
+        "complete": all(b.count(b"event: message") == 20 and b"end_of_stream" in b for b in bodies),
+        "late_ticks": late_ticks,
+        "late_expected": round(late_elapsed / 0.01),
+        "refused": outcome(lambda: stream(transport, "http://127.0.0.1:%d/" % closed_port)),
+        "read_timeout": outcome(lambda: stream(transport, "/stall?n=1", timeout=(2, 0.3))),
+        "reset": outcome(lambda: stream(transport, "/reset?n=1")),
+        "early_close": outcome(early_close),
+    }
+    transport.close()
+
+print(json.dumps(report))
+"""
+
+
+def test_gevent_hub_keeps_ticking_while_streams_are_open(server, record_property):
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", GEVENT_SCRIPT, server.url(""), str(closed_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # For the record: shown with `-o log_cli=true` (or on failure) and stored in junit XML properties.
+    logging.getLogger(__name__).info("gevent tick report: %s", json.dumps(report))
+    record_property("gevent_tick_report", report)
+    for name, numbers in report.items():
+        assert numbers["complete"], name
+        assert numbers["ticks"] >= 0.6 * numbers["expected"], (name, numbers)
+        assert numbers["late_ticks"] >= 0.6 * numbers["late_expected"], (name, numbers)
+        assert numbers["refused"] == "UpstreamConnectError", name
+        assert numbers["read_timeout"] == "UpstreamTimeoutError", name
+        assert numbers["reset"] == "TransportError", name
+        assert numbers["early_close"] == "ok", name
+        assert server.gone(f"gevent-{name}").wait(3), name
+    assert set(report) == {"requests", "curl_cffi:chrome"}
