@@ -98,7 +98,6 @@ def completion(turn: ChatTurn, meta: CompletionMeta, prompt_text: str) -> dict[s
         "choices": [{"index": 0, "message": message, "finish_reason": turn.finish_reason or "stop", "logprobs": None}],
         "usage": usage(prompt_text, turn),
         "service_tier": "default",
-        "system_fingerprint": None,
         **extras(turn, meta, final=True),
     }
 

@@ -57,7 +57,7 @@ def default_title(query: str) -> str:
 
 def default_related(query: str) -> list[str]:
     """Return three follow-up questions derived from the query."""
-    topic = _short(query, 50)
+    topic = _short(query, 50).rstrip("?")
     return [f"What else should I know about {topic}", f"Why does {topic} matter", f"History of {topic}"]
 
 

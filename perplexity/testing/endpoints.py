@@ -1,0 +1,153 @@
+"""The fake's side endpoints: session, models, quotas, settings, threads, uploads and the S3 bucket."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, unquote
+
+from .catalog import models_config, rate_limit_status, session_body, user_settings
+from .handler import COOKIE_NAME, FakeHandler, route
+from .script import RecordedRequest
+from .uploads import S3_PREFIX, check_s3_post, parse_multipart, presign, presign_answer
+
+__all__: list[str] = []
+
+_XML = [("Content-Type", "application/xml")]
+_HTML_SHELL = b"<!DOCTYPE html><html><head><title>Perplexity</title></head><body></body></html>"
+
+
+@route("GET", r"/api/auth/session")
+def session(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """The user when the cookie is valid, else `{}`; HTTP 200 either way (protocol 2.6)."""
+    valid = h.logged_in()
+    headers = []
+    if valid and h.fake.rotate_on_session:
+        token = h.fake.rotate_token()
+        headers.append(("Set-Cookie", f"{COOKIE_NAME}={token}; Path=/; HttpOnly; Secure; SameSite=Lax"))
+    body = session_body(valid)
+    if valid:
+        body["user"] = dict(h.fake.user)
+    h.send_json(200, body, headers)
+
+
+@route("GET", r"/rest/models/config")
+def models(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """The public model catalogue; `fake.models_fault` makes every call fail while it is set."""
+    fault = h.fake.models_fault
+    if fault is not None and h.apply_endpoint_fault(fault):
+        return
+    h.send_json(200, models_config(h.fake.models_schema))
+
+
+@route("GET", r"/rest/rate-limit/status")
+def rate_limits(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """Quota table; a logged-out session looks exhausted, still with HTTP 200 (protocol 2.7)."""
+    h.send_json(200, rate_limit_status(h.logged_in()))
+
+
+@route("GET", r"/rest/user/settings")
+def settings(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    if not h.logged_in():
+        return h.not_logged_in()
+    h.send_json(200, user_settings(len(h.fake.asks)))
+
+
+@route("GET", r"/search/new")
+def search_new(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """HC's "init" page load before an ask; the answer is an HTML shell that clients ignore."""
+    h.send_bytes(200, _HTML_SHELL, [("Content-Type", "text/html; charset=utf-8")])
+
+
+@route("DELETE", r"/rest/thread/delete_thread_by_entry_uuid")
+def delete_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """Delete the thread of `entry_uuid` if `read_write_token` matches; 403 `{}` otherwise."""
+    if not h.logged_in():
+        return h.not_logged_in()
+    body = req.json if isinstance(req.json, dict) else {}
+    thread = h.fake.thread_of_entry(str(body.get("entry_uuid") or ""))
+    if thread is None or body.get("read_write_token") != thread.read_write_token:
+        return h.send_json(403, {})
+    h.fake.delete_thread(thread.context_uuid)
+    h.send_json(200, {"status": "success"})
+
+
+@route("POST", r"/rest/thread/list_ask_threads")
+def list_threads(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    if not h.logged_in():
+        return h.not_logged_in()
+    threads = list(h.fake.threads.values())
+    h.send_json(
+        200,
+        [
+            {
+                "title": t.title,
+                "slug": t.slug,
+                "context_uuid": t.context_uuid,
+                "uuid": t.entries[-1] if t.entries else None,
+                "query_count": len(t.entries),
+                "total_threads": len(threads),
+                "has_next_page": False,
+            }
+            for t in reversed(threads)
+        ],
+    )
+
+
+def _presign_one(h: FakeHandler, spec: Any) -> dict[str, Any] | None:
+    """Presign one file spec `{filename, content_type, ...}`; None if the spec is unusable."""
+    if not isinstance(spec, dict) or not spec.get("filename"):
+        return None
+    grant = presign(h.fake.url, h.fake.user["id"], str(spec["filename"]), str(spec.get("content_type") or ""))
+    h.fake.presigns[grant.fields["key"]] = grant
+    return presign_answer(h.fake.url + S3_PREFIX, grant)
+
+
+@route("POST", r"/rest/uploads/batch_create_upload_urls")
+def batch_presign(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """`{"files": {id: spec}}` -> `{"results": {id: {s3_bucket_url, s3_object_url, fields}}}`."""
+    if not h.logged_in():
+        return h.not_logged_in()
+    files = req.json.get("files") if isinstance(req.json, dict) else None
+    if not isinstance(files, dict) or not files:
+        return h.send_json(422, {"detail": [{"loc": ["body", "files"], "msg": "field required"}]})
+    results = {key: _presign_one(h, spec) for key, spec in files.items()}
+    if any(answer is None for answer in results.values()):
+        return h.send_json(422, {"detail": [{"loc": ["body", "files"], "msg": "filename required"}]})
+    h.send_json(200, {"results": results})
+
+
+@route("POST", r"/rest/uploads/create_upload_url")
+def single_presign(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """The legacy one-file presign call (HL, RS)."""
+    if not h.logged_in():
+        return h.not_logged_in()
+    answer = _presign_one(h, req.json)
+    if answer is None:
+        return h.send_json(422, {"detail": [{"loc": ["body", "filename"], "msg": "field required"}]})
+    h.send_json(200, answer)
+
+
+@route("POST", r"/fake-s3/?")
+def s3_post(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """A browser-style S3 POST upload: presigned fields, then `file`; 204 on success, no cookie."""
+    content_type = req.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return h.send_bytes(400, b"<Error><Code>InvalidRequest</Code></Error>", _XML)
+    try:
+        parts = parse_multipart(content_type, req.body)
+    except ValueError:
+        return h.send_bytes(400, b"<Error><Code>MalformedPOSTRequest</Code></Error>", _XML)
+    result = check_s3_post(parts, h.fake.presigns, h.fake.max_upload_bytes)
+    if result.stored is not None:
+        object_url, stored = result.stored
+        h.fake.uploads[object_url] = stored
+    h.send_bytes(result.status, result.body, [] if result.status == 204 else _XML)
+
+
+@route("GET", r"/fake-s3/(?P<key>.+)")
+def s3_get(h: FakeHandler, req: RecordedRequest, args: dict[str, str]) -> None:
+    """Serve an uploaded object back, so attachment URLs resolve."""
+    stored = h.fake.uploads.get(h.fake.url + S3_PREFIX + quote(unquote(args["key"])))
+    if stored is None:
+        return h.send_bytes(404, b"<Error><Code>NoSuchKey</Code></Error>", _XML)
+    h.send_bytes(200, stored[2], [("Content-Type", stored[1] or "application/octet-stream")])

@@ -1,0 +1,342 @@
+"""PerplexityClient against the fake upstream: formats, faults and retries, threads, uploads, account calls."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from perplexity import errors
+from perplexity.client import PerplexityClient
+from perplexity.testing import Fault, Reply
+from perplexity.types import AnswerDelta, AskOptions, ClarifyingQuestions
+
+from .conftest import TOKEN, free_port
+
+ANSWER = "Paris is the capital of France [1]. It has about two million people [2]."
+
+
+def collect(stream):
+    events = list(stream)
+    text = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+    return events, text
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "diff", "workflow", "plaintext"])
+def test_every_answer_format_streams_the_whole_answer(fake, client, fmt):
+    fake.enqueue(Reply(answer=ANSWER, format=fmt, chunk_size=5))
+    with client.ask("capital of france") as stream:
+        events, text = collect(stream)
+    done = stream.completed
+    assert text == done.answer == done.final_answer == ANSWER
+    assert [s.url for s in done.sources] == ["https://example.com/1", "https://example.com/2", "https://example.com/3"]
+    assert done.thread.backend_uuid and done.thread.context_uuid and done.thread.read_write_token
+    assert done.title and done.related_questions
+    assert fake.open_streams == 0 or fake.wait_until(lambda: fake.open_streams == 0)
+
+
+def test_the_request_carries_cookie_headers_and_query(fake, client):
+    fake.enqueue(Reply(answer=ANSWER))
+    client.ask_complete("hello")
+    ask = fake.asks[-1]
+    assert ask.query == {"version": "2.18", "source": "default"}
+    assert f"__Secure-next-auth.session-token={TOKEN}" in ask.headers["cookie"]
+    assert ask.headers["accept"] == "text/event-stream"
+    assert ask.headers["x-request-id"] == ask.json["params"]["frontend_uuid"]
+    assert ask.json["query_str"] == "hello" and ask.json["params"]["is_incognito"] is True
+
+
+def test_thinking_model_reasoning_stays_out_of_the_answer(fake, client):
+    fake.enqueue(Reply(answer=ANSWER, format="diff", reasoning=True))
+    result = client.ask_complete("think", AskOptions(model="claude48opusthinking"))
+    assert result.answer == ANSWER
+    assert result.reasoning and ANSWER not in result.reasoning
+    assert fake.asks[-1].json["params"]["model_preference"] == "claude48opusthinking"
+
+
+def test_clarifying_questions_do_not_stop_the_run(fake, client):
+    fake.enqueue(Reply(answer=ANSWER, clarifying=True, format="text"))
+    with client.ask("research this") as stream:
+        events, text = collect(stream)
+    assert any(isinstance(e, ClarifyingQuestions) and e.questions for e in events)
+    assert text == ANSWER and stream.completed is not None
+
+
+def test_deep_research_answers_with_the_report(fake, client):
+    fake.enqueue(Reply(answer="# Report\n\nFindings [1].", research=True))
+    result = client.ask_complete("research", AskOptions(model="pplx_alpha"))
+    assert result.answer == "# Report\n\nFindings [1]."
+
+
+def test_revised_terminal_answer_is_flagged(fake, client):
+    revised = ANSWER.replace("[1]", "[3]")
+    fake.enqueue(Reply(answer=ANSWER, revise_final=revised))
+    with client.ask("q") as stream:
+        _, text = collect(stream)
+    assert text == stream.completed.answer == ANSWER
+    assert stream.completed.revised and stream.completed.final_answer == revised
+    # A collected (non-streamed) result takes Perplexity's final text.
+    fake.enqueue(Reply(answer=ANSWER, revise_final=revised))
+    assert client.ask_complete("q").answer == revised
+
+
+def test_media_items_come_through(fake, client):
+    media = [{"medium": "image", "image": "https://img.example/a.png", "url": "https://page.example/a", "name": "A"}]
+    fake.enqueue(Reply(answer=ANSWER, media=media))
+    result = client.ask_complete("q")
+    assert result.media[0].url == "https://img.example/a.png"
+
+
+# ---- faults before the stream: classification and retries ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "attempts"),
+    [
+        ("cloudflare", errors.CloudflareChallengeError, 1),
+        ("cloudflare_503", errors.CloudflareChallengeError, 1),
+        ("auth", errors.AuthenticationError, 1),
+        ("auth_401", errors.AuthenticationError, 1),
+        ("html_200", errors.MalformedFrameError, 1),
+    ],
+)
+def test_non_retryable_faults_raise_at_once(fake, client, kind, error, attempts):
+    fake.enqueue(Fault(kind, times=5))
+    with pytest.raises(error):
+        client.ask("q")
+    assert len(fake.asks) == attempts
+
+
+def test_rate_limit_is_retried_after_retry_after(fake, client):
+    fake.enqueue(Fault("rate_limit", retry_after=0.05), Reply(answer=ANSWER))
+    assert client.ask_complete("q").answer == ANSWER
+    assert len(fake.asks) == 2
+
+
+def test_rate_limit_gives_up_after_the_retries_and_keeps_retry_after(fake, client):
+    fake.enqueue(Fault("rate_limit", retry_after=0.01, times=5))
+    with pytest.raises(errors.RateLimitError) as info:
+        client.ask("q")
+    assert info.value.retry_after == pytest.approx(0.01)
+    assert len(fake.asks) == 3  # one try + max_retries
+
+
+def test_a_long_retry_after_is_reported_not_slept(fake, client):
+    fake.enqueue(Fault("rate_limit", retry_after=3600))
+    with pytest.raises(errors.RateLimitError) as info:
+        client.ask("q")
+    assert info.value.retry_after == 3600 and len(fake.asks) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried(fake, client, status):
+    fake.enqueue(Fault("server_error", status=status, times=2), Reply(answer=ANSWER))
+    assert client.ask_complete("q").answer == ANSWER
+    assert len(fake.asks) == 3
+
+
+def test_persistent_server_errors_raise(fake, client):
+    fake.enqueue(Fault("server_error", status=500, times=9))
+    with pytest.raises(errors.UpstreamServerError) as info:
+        client.ask("q")
+    assert info.value.status_code == 500 and len(fake.asks) == 3
+
+
+def test_connect_errors_are_retried_then_raised():
+    port = free_port()  # nothing listens there
+    sleeps = []
+    with PerplexityClient(TOKEN, base_url=f"http://127.0.0.1:{port}", backoff=0.01, sleep=sleeps.append) as c:
+        with pytest.raises(errors.UpstreamConnectError):
+            c.ask("q")
+    assert len(sleeps) == 2
+
+
+def test_slow_first_byte_within_the_read_timeout_is_fine(fake, client):
+    fake.enqueue(Fault("slow_first_byte", delay=0.3))
+    assert client.ask_complete("q").answer
+
+
+def test_slow_first_byte_past_the_read_timeout_times_out(fake):
+    fake.enqueue(Fault("slow_first_byte", delay=1.5, times=3))
+    with PerplexityClient(TOKEN, base_url=fake.url, read_timeout=0.3, backoff=0.01) as c:
+        with pytest.raises(errors.UpstreamTimeoutError):
+            c.ask("q")
+    assert len(fake.asks) == 1  # the ask may have reached Perplexity: never retried
+
+
+# ---- faults after the stream started: never retried ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("malformed", errors.MalformedFrameError),
+        ("failed", errors.AskFailedError),
+        ("rate_limited_in_stream", errors.AskRateLimitedError),
+        ("truncated", errors.StreamTruncatedError),
+        ("eof", errors.StreamTruncatedError),
+        ("reset", errors.StreamTruncatedError),
+    ],
+)
+def test_mid_stream_faults_raise_with_the_partial_answer(fake, client, kind, error):
+    fake.enqueue(Fault(kind, after_frames=4, times=3, reply=Reply(answer=ANSWER, chunk_size=4)))
+    stream = client.ask("q")
+    with pytest.raises(error) as info:
+        collect(stream)
+    assert len(fake.asks) == 1
+    assert ANSWER.startswith(info.value.partial_answer)
+    assert client.open_streams == 0
+
+
+def test_a_stall_past_the_read_timeout_ends_the_stream(fake):
+    fake.enqueue(Fault("stall", after_frames=3, delay=3.0))
+    with PerplexityClient(TOKEN, base_url=fake.url, read_timeout=0.3) as c:
+        stream = c.ask("q")
+        with pytest.raises(errors.StreamTruncatedError, match="stopped sending"):
+            collect(stream)
+    assert fake.wait_until(lambda: fake.open_streams == 0)
+    assert len(fake.asks) == 1
+
+
+def test_failed_run_message_is_kept(fake, client):
+    fake.enqueue(Fault("failed", error_code="MODEL_UNAVAILABLE", message="The model is unavailable"))
+    with pytest.raises(errors.AskFailedError) as info:
+        collect(client.ask("q"))
+    assert info.value.code == "MODEL_UNAVAILABLE"
+    assert "unavailable" in info.value.message
+
+
+# ---- early close ---------------------------------------------------------------------------
+
+
+def test_closing_a_stream_early_closes_the_upstream_connection(fake, client):
+    fake.enqueue(Reply(answer=ANSWER * 20, chunk_size=3, frame_delay=0.05))
+    stream = client.ask("q")
+    first = next(iter(stream))
+    assert first is not None
+    assert fake.open_streams == 1
+    stream.close()
+    assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
+    assert fake.streams_closed_by_client == 1
+    assert client.open_streams == 0
+
+
+# ---- threads -------------------------------------------------------------------------------
+
+
+def test_three_turns_continue_one_thread(fake, client):
+    first = client.ask_complete("one")
+    second = client.ask_complete("two", AskOptions(follow_up=first.thread))
+    third = client.ask_complete("three", AskOptions(follow_up=second.thread))
+    asks = fake.asks
+    assert [a.json["params"]["query_source"] for a in asks] == ["home", "followup", "followup"]
+    assert asks[1].json["params"]["last_backend_uuid"] == first.thread.backend_uuid
+    assert asks[2].json["params"]["last_backend_uuid"] == second.thread.backend_uuid
+    assert asks[2].json["params"]["read_write_token"] == first.thread.read_write_token
+    assert first.thread.context_uuid == second.thread.context_uuid == third.thread.context_uuid
+    assert len({first.thread.backend_uuid, second.thread.backend_uuid, third.thread.backend_uuid}) == 3
+    assert len(fake.threads[first.thread.context_uuid].entries) == 3
+
+
+def test_follow_up_on_a_deleted_thread_is_thread_not_found(fake, client):
+    first = client.ask_complete("one")
+    client.delete_thread(first.thread)
+    with pytest.raises(errors.ThreadNotFoundError):
+        client.ask("two", AskOptions(follow_up=first.thread))
+
+
+# ---- uploads --------------------------------------------------------------------------------
+
+
+def test_upload_then_ask_with_the_attachment(fake, client):
+    url = client.upload("notes.txt", b"hello attachment", "text/plain")
+    assert url.startswith(fake.url + "/fake-s3/")
+    assert fake.uploads[url][2] == b"hello attachment"
+    client.ask_complete("summarize", AskOptions(attachments=(url,)))
+    assert fake.asks[-1].json["params"]["attachments"] == [url]
+    presign = next(r for r in fake.requests if r.path.endswith("batch_create_upload_urls"))
+    entry = next(iter(presign.json["files"].values()))
+    assert entry["filename"] == "notes.txt" and entry["file_size"] == 16
+    s3 = next(r for r in fake.requests if r.path.startswith("/fake-s3"))
+    assert "cookie" not in s3.headers  # the bucket never sees the Perplexity cookie
+
+
+def test_upload_validation_happens_before_any_request(fake, client):
+    with pytest.raises(errors.UploadError, match="limit"):
+        PerplexityClient(TOKEN, base_url=fake.url, max_upload_bytes=4).upload("a.txt", b"too big", "text/plain")
+    assert fake.requests == []
+
+
+def test_upload_refused_by_the_store_is_an_upload_error(fake, client):
+    fake.max_upload_bytes = 3
+    with pytest.raises(errors.UploadError, match="refused"):
+        client.upload("a.txt", b"four", "text/plain")
+
+
+# ---- account calls ---------------------------------------------------------------------------
+
+
+def test_session_check_valid_and_invalid(fake, client):
+    info = client.session()
+    assert info.valid and info.user_id and info.tier
+    fake.session_valid = False
+    assert client.session().valid is False
+
+
+def test_rotated_cookie_is_adopted(fake, client):
+    fake.rotate_on_session = True
+    client.session()
+    assert client.cookie.value != TOKEN and client.cookie.rotations == 1
+    client.ask_complete("q")
+    assert client.cookie.value in fake.asks[-1].headers["cookie"]
+
+
+@pytest.mark.parametrize("schema", ["v1", "v2"])
+def test_model_catalogue(fake, client, schema):
+    fake.models_schema = schema
+    catalogue = client.catalogue()
+    assert catalogue.schema == schema
+    ids = {m.id for m in catalogue.models}
+    assert {"claude48opus", "claude48opusthinking"} <= ids
+    opus = catalogue.get("claude48opus")
+    assert opus.reasoning_variant == "claude48opusthinking" and opus.provider
+    assert catalogue.default_models["research"] == "pplx_alpha"
+
+
+def test_model_catalogue_failure_raises(fake, client):
+    fake.fault_for("/rest/models/config", Fault("server_error", status=500, times=5))
+    with pytest.raises(errors.UpstreamServerError):
+        client.catalogue()
+
+
+def test_rate_limit_status(fake, client):
+    status = client.rate_limits()
+    assert status.modes and any(q.available for q in status.modes.values())
+    fake.session_valid = False
+    assert not any(q.available for q in client.rate_limits().modes.values())
+
+
+def test_missing_token_is_a_configuration_error(fake):
+    with PerplexityClient(None, base_url=fake.url) as c:
+        with pytest.raises(errors.ConfigurationError, match="PERPLEXITY_SESSION_TOKEN"):
+            c.ask("q")
+        assert c.session().valid is False
+    assert fake.requests == []
+
+
+# ---- secrets ---------------------------------------------------------------------------------
+
+
+def test_the_cookie_never_appears_in_logs_messages_or_reprs(fake, client, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake.enqueue(Fault("auth"), Fault("rate_limit", retry_after=0.01), Reply(answer=ANSWER))
+    seen = [repr(client), repr(client.cookie)]
+    with pytest.raises(errors.AuthenticationError) as info:
+        client.ask("q")
+    seen += [str(info.value), repr(info.value), info.value.body_excerpt]
+    result = client.ask_complete("q")
+    seen += [repr(result), repr(result.thread)]
+    seen += [r.getMessage() for r in caplog.records]
+    blob = "\n".join(seen)
+    assert TOKEN not in blob
+    assert result.thread.read_write_token not in blob
