@@ -1,65 +1,100 @@
-"""The Flask application: `create_app()` wires config, errors and blueprints; `app` is what gunicorn serves."""
+"""The Flask application: `create_app()` wires config, auth, quotas, errors and blueprints; gunicorn serves `app`."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from dotenv import load_dotenv
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import register_blueprints
+from api import quotas, register_blueprints
 from api.auth import authenticate, configured_keys
 from api.config import defaults, settings_from_env
 from api.errors import register as register_errors
+from api.state import ServerState
 from api.state import init_app as init_state
 
 __all__ = ["app", "create_app"]
 
 log = logging.getLogger("app")
 
-_PUBLIC_PREFIXES = ("/health", "/metrics")
+_PUBLIC_PREFIXES = ("/health", "/metrics", "/stats")
+
+
+class _RequestIdFilter(logging.Filter):
+    """Adds the current request id to every log record (`-` outside requests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level.upper())
+    root = logging.getLogger()
+    if not any(isinstance(f, _RequestIdFilter) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.addFilter(_RequestIdFilter())
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s rid=%(request_id)s %(message)s")
+        )
+        root.handlers = [handler]
+    root.setLevel(level.upper())
+
+
+def _config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    values = defaults()
+    if config is None:
+        load_dotenv()  # gunicorn does not read .env by itself
+        values.update(settings_from_env(os.environ))
+    else:
+        values.update(config)
+    return values
+
+
+def _install_hooks(app: Flask, server: ServerState, keys: tuple[bytes, ...]) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex}"
+        if not request.path.startswith(_PUBLIC_PREFIXES):
+            authenticate(keys)  # before the quota check, which keys on the caller it sets
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        server.counters[route] += 1
+        server.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        if "started" in g:
+            server.metrics.latency.labels(route).observe(time.perf_counter() - g.started)
+        return response
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from `config`, or from the environment (and `.env`) when None. No network I/O."""
     app = Flask(__name__)
-    app.config.from_mapping(defaults())
-    if config is None:
-        load_dotenv()  # gunicorn does not read .env by itself
-        app.config.update(settings_from_env(os.environ))
-    else:
-        app.config.update(config)
+    app.config.from_mapping(_config(config))
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_REQUEST_BYTES"])
     _configure_logging(str(app.config["LOG_LEVEL"]))
+    if int(app.config["TRUST_PROXY"]) > 0:
+        hops = int(app.config["TRUST_PROXY"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     keys = configured_keys(app.config)
     if not keys:
         log.warning("no OPENAI_API_KEY or API_KEYS set: the API is open to anyone who can reach it")
     if not app.config.get("PERPLEXITY_SESSION_TOKEN"):
         log.warning("PERPLEXITY_SESSION_TOKEN is not set: /v1 requests will fail until it is")
-
-    @app.before_request
-    def _request_id_and_auth() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex}"
-        if not request.path.startswith(_PUBLIC_PREFIXES):
-            authenticate(keys)
-
-    @app.after_request
-    def _stamp(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
-        return response
-
+    server = init_state(app)
+    _install_hooks(app, server, keys)
+    quotas.init_app(app, server.metrics)
     register_errors(app)
-    init_state(app)
     register_blueprints(app)
     return app
 

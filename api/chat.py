@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from schemas.chat import ChatCompletionRequestSchema
 
 from .auth import caller
 from .completion import CompletionMeta, completion
 from .errors import APIError
+from .quotas import check_stream_cap
 from .service import PreparedAsk
 from .sse import chat_chunks
 from .state import state
@@ -67,6 +69,11 @@ def create_chat_completion() -> Response:
     """Answer a chat with Perplexity, streamed or whole."""
     body = _schema.load(json_body())
     server = state()
+    key = g.get("caller", "")
+    if body.get("stream"):
+        check_stream_cap(
+            server.streams_by_caller[key], int(current_app.config["MAX_CONCURRENT_STREAMS"]), server.metrics
+        )
     prepared = server.service.prepare(body, caller(body))
     limits, meta = _limits(body), _meta(prepared, body)
     stream = server.service.open(prepared)  # opened here so errors before the first byte get a real status
@@ -78,6 +85,7 @@ def create_chat_completion() -> Response:
 
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        started = g.started
         chunks = chat_chunks(
             stream,
             turn,
@@ -86,9 +94,13 @@ def create_chat_completion() -> Response:
             include_usage=include_usage,
             heartbeat=float(current_app.config["HEARTBEAT_INTERVAL"]),
             on_done=remember,
+            on_error=server.record_stream_failure,
+            on_first_token=lambda: server.metrics.ttft.observe(time.perf_counter() - started),
         )
         response = Response(chunks, mimetype="text/event-stream", headers={**_SSE_HEADERS, **headers})
+        server.stream_opened(key)
         response.call_on_close(stream.close)  # a generator that never started never runs its finally
+        response.call_on_close(lambda: server.stream_closed(key))
         return response
     with stream:
         for event in stream:

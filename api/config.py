@@ -41,6 +41,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_REQUEST_BYTES", 25 * 1024 * 1024, int, "Largest request body accepted (attachments included)"),
     Setting("ENABLE_RATE_LIMITING", False, bool, "Enforce REQUESTS_PER_MINUTE per caller"),
     Setting("REQUESTS_PER_MINUTE", 60, int, "Requests per minute per caller when rate limiting is on"),
+    Setting("RATELIMIT_STORAGE_URI", "memory://", str, "Quota counters: memory:// or a redis:// URL (shared)"),
+    Setting("MAX_CONCURRENT_STREAMS", 0, int, "Open streams one caller may hold at once (0: no cap)"),
+    Setting("TRUST_PROXY", 0, int, "Proxies in front whose X-Forwarded-For is trusted (0: none)"),
+    Setting("MODELS_REFRESH_SECONDS", 3600, int, "Seconds the model catalogue is cached before a refresh"),
+    Setting("SESSION_CHECK_SECONDS", 300, int, "Seconds the readiness probe caches the session check"),
     Setting("LOG_LEVEL", "INFO", str, "Python log level"),
 )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -131,6 +131,9 @@ def _handle(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
     elif isinstance(exc, px.PerplexityError):
         log.warning("upstream %s on %s: %s", exc.kind, request.path, exc.message)
+        server = current_app.extensions.get("perplexity")
+        if server is not None:
+            server.record_upstream_error(exc)
     return error_response(error)
 
 

@@ -1,4 +1,4 @@
-"""Models blueprint: GET /v1/models and GET /v1/models/<id> in the OpenAI shape."""
+"""Models blueprint: GET /v1/models, GET /v1/models/<id> and POST /v1/models/refresh, in the OpenAI shape."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _json(body: object) -> Response:
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    """Every public model id."""
+    """Every public model id: the aliases, then one per upstream model."""
     return _json({"object": "list", "data": [m.openai() for m in state().models.models()]})
 
 
@@ -27,6 +27,21 @@ def list_models() -> Response:
 def retrieve_model(model_id: str) -> Response:
     """One model, or a 404 error object."""
     model = state().models.resolve(model_id)
-    if model is None or model.id != model_id and model.upstream != model_id:
+    if model is None:
         raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
     return _json(model.openai())
+
+
+@bp.post("/v1/models/refresh")
+def refresh_models() -> Response:
+    """Reload the catalogue from Perplexity now; says which list is in use afterwards."""
+    server = state()
+    refreshed = server.refresh_models()
+    body = {
+        "object": "list",
+        "refreshed": refreshed,
+        "source": server.models_source,
+        "error": server.models_error,
+        "data": [m.openai() for m in server.models.models()],
+    }
+    return _json(body)

@@ -1,4 +1,4 @@
-"""Ops blueprint: liveness and readiness, exempt from keys and quotas."""
+"""Ops blueprint: liveness, readiness, stats and Prometheus metrics; exempt from keys and quotas."""
 
 from __future__ import annotations
 
@@ -20,15 +20,54 @@ def _json(body: object, status: int = 200) -> Response:
 
 @bp.get("/health")
 def health() -> Response:
-    """Liveness: the process answers (seed compatible)."""
-    server = state()
-    return _json({"status": "ok", "uptime": round(time.time() - server.started, 1)})
+    """Liveness: the process answers (seed compatible); no upstream call."""
+    return _json({"status": "ok", "uptime": round(time.time() - state().started, 1)})
 
 
 @bp.get("/health/ready")
 def ready() -> Response:
-    """Readiness: a session token is configured (the upstream check arrives with the ops issue)."""
+    """Readiness: 503 with the reason until the session is known valid and the catalogue is loaded."""
     server = state()
+    reasons = []
     if not server.config.get("PERPLEXITY_SESSION_TOKEN"):
-        return _json({"status": "not_ready", "reason": "PERPLEXITY_SESSION_TOKEN is not set"}, 503)
-    return _json({"status": "ready"})
+        reasons.append("PERPLEXITY_SESSION_TOKEN is not set")
+    else:
+        info, error = server.session(max_age=float(server.config["SESSION_CHECK_SECONDS"]))
+        if error:
+            reasons.append(error)
+        if server.models_loaded_at is None:
+            server.refresh_models()
+        if not server.models_source.startswith("upstream"):
+            reasons.append(f"model catalogue not loaded ({server.models_error or 'not yet fetched'})")
+    body = {"status": "not_ready" if reasons else "ready", "models": server.models_source}
+    if reasons:
+        body["reasons"] = reasons
+    return _json(body, 503 if reasons else 200)
+
+
+@bp.get("/stats")
+def stats() -> Response:
+    """Counters for humans: uptime, requests, streams, conversations, model list source, upstream errors."""
+    server = state()
+    return _json(
+        {
+            "uptime": round(time.time() - server.started, 1),
+            "requests": sum(server.counters.values()),
+            "requests_by_route": dict(server.counters),
+            "open_streams": server.open_streams,
+            "conversations": server.store.count(),
+            "models": {
+                "source": server.models_source,
+                "count": len(server.models.models()),
+                "error": server.models_error,
+            },
+            "upstream_errors": dict(server.upstream_errors),
+            "transport": server.client.transport.name if server.config.get("PERPLEXITY_SESSION_TOKEN") else None,
+        }
+    )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format."""
+    return Response(state().metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")

@@ -120,10 +120,12 @@ def chat_chunks(
     include_usage: bool,
     heartbeat: float,
     on_done: Callable[[ChatTurn], None],
+    on_error: Callable[[BaseException], None] | None = None,
+    on_first_token: Callable[[], None] | None = None,
 ) -> Iterator[bytes]:
     """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
     yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
-    started = False
+    started = first_token = False
     fields: dict[str, Any] = {}
     try:
         for batch in with_heartbeats(stream, heartbeat, stream.close):
@@ -142,6 +144,10 @@ def chat_chunks(
                     encoded = _piece_chunk(meta, piece, fields, include_usage)
                     if encoded:
                         out.append(encoded)
+                    if piece.kind == "content" and not first_token:
+                        first_token = True
+                        if on_first_token is not None:
+                            on_first_token()
                 if turn.finish_reason is not None:
                     break
             if out:
@@ -151,6 +157,8 @@ def chat_chunks(
         yield _closing(turn, meta, prompt_text, include_usage, started)
         on_done(turn)
     except Exception as exc:
+        if on_error is not None:
+            on_error(exc)
         yield error_event(exc)
     finally:
         stream.close()

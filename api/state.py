@@ -11,8 +11,11 @@ from typing import Any
 from flask import Flask, current_app
 
 from perplexity.client import PerplexityClient
+from perplexity.errors import PerplexityError
+from perplexity.types import SessionInfo
 
-from .conversations import MemoryConversationStore
+from .conversations import ConversationStore, MemoryConversationStore
+from .metrics import Metrics
 from .modelmap import BUILTIN_CATALOGUE, ModelMap
 from .service import ChatService
 
@@ -24,18 +27,27 @@ log = logging.getLogger(__name__)
 class ServerState:
     """Everything a worker shares between requests; the Perplexity client is made on first use."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], store: ConversationStore | None = None) -> None:
         self.config = config
         self.started = time.time()
-        self.models = ModelMap(BUILTIN_CATALOGUE)
-        self.models_source = "builtin"
-        self.store = MemoryConversationStore(float(config["CONVERSATION_TIMEOUT"]))
+        self.metrics = Metrics()
+        self.store: ConversationStore = store or MemoryConversationStore(float(config["CONVERSATION_TIMEOUT"]))
         self.counters: Counter[str] = Counter()
         self.upstream_errors: Counter[str] = Counter()
         self.open_streams = 0
+        self.streams_by_caller: Counter[str] = Counter()
         self._client: PerplexityClient | None = None
-        self._service: ChatService | None = None
         self._lock = threading.Lock()
+        # Models: the built-in list until the account's catalogue has been loaded.
+        self._models = ModelMap(BUILTIN_CATALOGUE)
+        self.models_source = "builtin"
+        self.models_loaded_at: float | None = None
+        self.models_error: str | None = None
+        self._refreshing = threading.Lock()
+        # Session check, cached: (checked at, result or None, error message).
+        self._session: tuple[float, SessionInfo | None, str | None] = (0.0, None, None)
+
+    # ---- the Perplexity client ------------------------------------------------------------
 
     @property
     def client(self) -> PerplexityClient:
@@ -48,10 +60,8 @@ class ServerState:
 
     @property
     def service(self) -> ChatService:
-        """The chat service bound to this worker's client and stores."""
-        if self._service is None:
-            self._service = ChatService(self.client, self.models, self.store, self.config)
-        return self._service
+        """The chat service over the current model map (cheap: made per request)."""
+        return ChatService(self.client, self.models, self.store, self.config)
 
     def _make_client(self) -> PerplexityClient:
         c = self.config
@@ -64,6 +74,86 @@ class ServerState:
             read_timeout=float(c["PERPLEXITY_READ_TIMEOUT"]),
             max_retries=int(c["PERPLEXITY_MAX_RETRIES"]),
         )
+
+    def record_upstream_error(self, exc: PerplexityError) -> None:
+        """Count a Perplexity failure by kind (for /stats and /metrics)."""
+        self.upstream_errors[exc.kind] += 1
+        self.metrics.upstream_errors.labels(exc.kind).inc()
+
+    def record_stream_failure(self, exc: BaseException) -> None:
+        """Count and log what ended a stream early (called from the stream generator)."""
+        if isinstance(exc, PerplexityError):
+            self.record_upstream_error(exc)
+            log.warning("stream ended by upstream %s: %s", exc.kind, exc.message)
+
+    # ---- models ---------------------------------------------------------------------------
+
+    @property
+    def models(self) -> ModelMap:
+        """The current model map; starts a background refresh when it is stale, never waits for it."""
+        ttl = float(self.config["MODELS_REFRESH_SECONDS"])
+        stale = self.models_loaded_at is None or time.time() - self.models_loaded_at > ttl
+        if stale and self.config.get("PERPLEXITY_SESSION_TOKEN") and not self._refreshing.locked():
+            threading.Thread(target=self.refresh_models, daemon=True, name="models-refresh").start()
+        return self._models
+
+    def refresh_models(self) -> bool:
+        """Load the account's catalogue now; on failure keep the last good (or built-in) list."""
+        if not self._refreshing.acquire(blocking=False):
+            return False
+        try:
+            catalogue = self.client.catalogue()
+            if not catalogue.models:
+                raise ValueError("the catalogue listed no models")
+            self._models = ModelMap(catalogue)
+            self.models_source = f"upstream ({catalogue.schema})"
+            self.models_error = None
+            return True
+        except (PerplexityError, ValueError) as exc:
+            self.models_error = getattr(exc, "message", str(exc))
+            if isinstance(exc, PerplexityError):
+                self.record_upstream_error(exc)
+            if self.models_source == "builtin":
+                self.models_source = "builtin (catalogue unavailable)"
+            log.warning("model catalogue refresh failed: %s", self.models_error)
+            return False
+        finally:
+            # A failure waits for the next TTL too, so a dead upstream is not hammered.
+            self.models_loaded_at = time.time()
+            self._refreshing.release()
+
+    # ---- session --------------------------------------------------------------------------
+
+    def session(self, *, max_age: float) -> tuple[SessionInfo | None, str | None]:
+        """The cached session check, redone when older than `max_age` seconds."""
+        checked, info, error = self._session
+        if time.time() - checked <= max_age and (info is not None or error is not None):
+            return info, error
+        try:
+            info, error = self.client.session(), None
+            if not info.valid:
+                error = "Perplexity says the session cookie is not logged in (expired or wrong token)"
+        except PerplexityError as exc:
+            self.record_upstream_error(exc)
+            info, error = None, exc.message
+        self._session = (time.time(), info, error)
+        return info, error
+
+    # ---- streams --------------------------------------------------------------------------
+
+    def stream_opened(self, caller: str) -> None:
+        """Count an open stream (globally and for its caller)."""
+        self.open_streams += 1
+        self.streams_by_caller[caller] += 1
+        self.metrics.open_streams.inc()
+
+    def stream_closed(self, caller: str) -> None:
+        """Undo stream_opened."""
+        self.open_streams -= 1
+        self.streams_by_caller[caller] -= 1
+        if self.streams_by_caller[caller] <= 0:
+            del self.streams_by_caller[caller]
+        self.metrics.open_streams.dec()
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -1,0 +1,79 @@
+"""Quotas: requests per minute per caller (flask-limiter) and a cap on each caller's concurrent streams."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from flask_limiter import Limiter
+
+from .errors import APIError
+
+__all__ = ["check_stream_cap", "init_app"]
+
+log = logging.getLogger(__name__)
+
+EXEMPT_PREFIXES = ("/health", "/metrics")
+
+
+def _caller_key() -> str:
+    # Set by authentication, which runs first: the API key's id, or the client address when open.
+    return g.get("caller") or request.remote_addr or "unknown"
+
+
+def _storage_options(uri: str) -> dict[str, Any]:
+    if uri.startswith(("redis://", "rediss://", "redis+")):
+        # A hung Redis must cost at most a fraction of a second per request (perf doc section 6).
+        return {"socket_connect_timeout": 0.25, "socket_timeout": 0.25, "health_check_interval": 30}
+    return {}
+
+
+def init_app(app: Flask, metrics: Any) -> Limiter | None:
+    """Install the per-caller request quota when ENABLE_RATE_LIMITING is on."""
+    if not app.config["ENABLE_RATE_LIMITING"]:
+        return None
+    uri = str(app.config["RATELIMIT_STORAGE_URI"])
+    limiter = Limiter(
+        _caller_key,
+        default_limits=[f"{int(app.config['REQUESTS_PER_MINUTE'])} per minute"],
+        default_limits_exempt_when=lambda: request.path.startswith(EXEMPT_PREFIXES),
+        storage_uri=uri,
+        storage_options=_storage_options(uri),
+        strategy="moving-window",
+        headers_enabled=False,  # OpenAI-named headers are set below
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+    )
+    limiter.init_app(app)
+
+    @app.after_request
+    def _quota_headers(response: Response) -> Response:
+        current = limiter.current_limit
+        if current is None or request.path.startswith(EXEMPT_PREFIXES):
+            return response
+        reset = max(1, math.ceil(current.reset_at - time.time()))
+        response.headers["x-ratelimit-limit-requests"] = str(current.limit.amount)
+        response.headers["x-ratelimit-remaining-requests"] = str(max(0, current.remaining))
+        response.headers["x-ratelimit-reset-requests"] = f"{reset}s"
+        if response.status_code == 429 and current.breached:
+            response.headers["retry-after"] = str(reset)
+            metrics.rate_limited.labels("requests_per_minute").inc()
+        return response
+
+    return limiter
+
+
+def check_stream_cap(open_for_caller: int, cap: int, metrics: Any) -> None:
+    """429 when the caller already holds `cap` open streams (0 means no cap)."""
+    if cap and open_for_caller >= cap:
+        metrics.rate_limited.labels("concurrent_streams").inc()
+        raise APIError(
+            429,
+            f"Too many concurrent streams for this key (limit {cap}); close one or retry shortly.",
+            "requests",
+            "concurrent_streams_exceeded",
+            headers={"retry-after": "1"},
+        )
