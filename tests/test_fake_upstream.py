@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -238,6 +241,13 @@ def test_workflow_format_streams_the_answer_only_in_workflow_root(fake, session)
     types = [i["type"] for s in doc["steps"] for i in s["items"]]
     assert {"WORKFLOW_ITEM_QUERIES", "WORKFLOW_ITEM_SOURCES", "WORKFLOW_ITEM_TEXT"} <= set(types)
     assert workflow_answer(block(completed, "workflow_root")) == ANSWER
+
+
+def test_markdown_with_send_text_carries_both_channels_like_the_ak_capture(fake, session):
+    fake.enqueue(Reply(answer=ANSWER, format="markdown", send_text=True))
+    frames = stream_frames(post_ask(fake, session)[2])
+    assert all(isinstance(f["text"], str) for f in frames)
+    assert final_answer_in_text(frames[-2]["text"]) == "".join(accumulate(frames[:-1])["ask_text"]["chunks"])
 
 
 def test_plaintext_quirk_puts_the_raw_answer_in_terminal_text(fake, session):
@@ -799,3 +809,26 @@ def test_constructor_refuses_non_loopback_hosts():
         Reply(format="html")
     with pytest.raises(ValueError):
         Fault("explode")
+
+
+def test_command_line_serves_until_sigterm():
+    command = [sys.executable, "-m", "perplexity.testing", "--port", "0", "--token", "cli-token"]
+    command += ["--format", "diff", "--frame-delay", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        assert url.startswith("http://127.0.0.1:") and "cli-token" in process.stdout.readline()
+        with requests.Session() as s:
+            s.cookies.set(COOKIE, "cli-token")
+            with s.post(f"{url}{ASK}", json=ask_body(), timeout=5) as resp:
+                frames = stream_frames(resp.content)
+        assert any("diff_block" in b for f in frames for b in f.get("blocks", []))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

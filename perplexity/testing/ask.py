@@ -6,17 +6,16 @@ import uuid
 from typing import Any
 
 from .content import default_title
-from .envelope import AskContext, failed_frame
+from .envelope import AskContext
 from .faults import fault_response
 from .generate import build_frames
 from .handler import ASK_PATH, FakeHandler, route
 from .script import PRE_STREAM_FAULTS, Fault, RecordedRequest, Reply, ThreadRecord
-from .wire import END_OF_STREAM, ChunkedStream, ClientGone, ServerStopping, encode_event
+from .stream import final_frame, stream_frames
 
-__all__ = ["stream_frames"]
+__all__: list[str] = []
 
 _REQUIRED_PARAMS = ("version", "model_preference", "frontend_uuid")
-_MALFORMED_DATA = '{"status": "PENDING", "blocks": [{"intended_usage": "ask_text", '
 
 
 @route("POST", ASK_PATH)
@@ -40,7 +39,7 @@ def ask(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     thread, ctx = found
     req.thread = ctx.context_uuid
     frames = [dict(f) for f in reply.frames] if reply.frames is not None else build_frames(ctx, reply)
-    h.fake.add_entry(thread, ctx.backend_uuid, _final_frame(frames))
+    h.fake.add_entry(thread, ctx.backend_uuid, final_frame(frames))
     stream_frames(h, frames, reply=reply, fault=fault, ctx=ctx)
 
 
@@ -97,121 +96,6 @@ def _thread_for(h: FakeHandler, body: dict[str, Any], reply: Reply) -> tuple[Thr
         author_username=h.fake.user.get("username") or "",
     )
     return thread, ctx
-
-
-def _final_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Return the COMPLETED frame of a stream (what reconnect answers), else its last frame."""
-    for frame in reversed(frames):
-        if frame.get("status") == "COMPLETED":
-            return frame
-    real = [f for f in frames if f]
-    return real[-1] if real else None
-
-
-def stream_frames(
-    h: FakeHandler,
-    frames: list[dict[str, Any]],
-    *,
-    reply: Reply | None = None,
-    fault: Fault | None = None,
-    ctx: AskContext | None = None,
-) -> None:
-    """Write `frames` as an SSE response; a final `{}` item goes out as `end_of_stream`."""
-    reply = reply or Reply()
-    kind = fault.kind if fault else None
-    after = fault.after_frames if fault else len(frames) + 1
-    try:
-        if fault and kind == "slow_first_byte":
-            h.chunked().wait(fault.delay)
-        if fault and kind == "reset" and after < 0:  # RST before the status line
-            h.reset_connection()
-            return
-        if fault and kind == "eof" and after < 0:  # close before the status line
-            h.close_connection = True
-            return
-    except ClientGone:
-        h.fake.client_left()
-        h.close_connection = True
-        return
-    stream = h.start_stream()
-    h.fake.stream_opened()
-    try:
-        if _write_frames(h, stream, frames, reply, fault, ctx):
-            stream.end()
-    except ClientGone:
-        h.fake.client_left()
-        h.close_connection = True
-    except ServerStopping:
-        h.close_connection = True
-    finally:
-        h.fake.stream_closed()
-
-
-def _write_frames(
-    h: FakeHandler,
-    stream: ChunkedStream,
-    frames: list[dict[str, Any]],
-    reply: Reply,
-    fault: Fault | None,
-    ctx: AskContext | None,
-) -> bool:
-    """Write the frames and the fault; return False when the connection is already gone (reset)."""
-    stream.wait(reply.first_byte_delay, reply.heartbeat_every)
-    after = fault.after_frames if fault else -1
-    for index, frame in enumerate(frames):
-        if fault and index == max(after, 0):
-            ended = _inject(h, stream, fault, ctx)
-            if ended is not None:
-                return ended
-        if ctx and ctx.backend_uuid in h.fake.terminated:
-            return _send_terminated(stream, frames)
-        if index:
-            stream.wait(reply.frame_delay, reply.heartbeat_every)
-        last = index == len(frames) - 1
-        stream.send(END_OF_STREAM if last and frame == {} else encode_event(frame))
-    if fault and after >= len(frames):
-        ended = _inject(h, stream, fault, ctx)
-        return True if ended is None else ended
-    return True
-
-
-def _inject(h: FakeHandler, stream: ChunkedStream, fault: Fault, ctx: AskContext | None) -> bool | None:
-    """Apply an in-stream fault: None to carry on, True to end the body cleanly, False if it is gone."""
-    kind = fault.kind
-    if kind == "stall":
-        stream.wait(fault.delay)  # no bytes at all, not even heartbeats
-        return None
-    if kind == "malformed":
-        stream.send(encode_event(_MALFORMED_DATA))
-        return None
-    if kind == "reset":
-        h.reset_connection()
-        return False
-    if kind in ("failed", "rate_limited_in_stream"):
-        default_code = "RATE_LIMIT_EXCEEDED" if kind == "rate_limited_in_stream" else "INTERNAL_ERROR"
-        code = fault.error_code or default_code
-        message = fault.message or ("Rate limit exceeded." if "RATE_LIMIT" in code else "Something went wrong.")
-        if ctx is not None:
-            stream.send(encode_event(failed_frame(ctx, code=code, message=message)))
-        else:
-            stream.send(encode_event({"status": "FAILED", "error_code": code, "text": message}))
-        stream.send(END_OF_STREAM)
-        return True
-    if kind == "truncated":
-        stream.send(END_OF_STREAM)
-        return True
-    if kind == "eof":
-        return True
-    return None  # slow_first_byte acted before the headers
-
-
-def _send_terminated(stream: ChunkedStream, frames: list[dict[str, Any]]) -> bool:
-    """A terminated run reports COMPLETED with `text_completed: false` (protocol 2.3)."""
-    final = _final_frame(frames)
-    if final is not None:
-        stream.send(encode_event({**final, "text_completed": False}))
-    stream.send(END_OF_STREAM)
-    return True
 
 
 @route("POST GET", r"/rest/sse/perplexity_ask/reconnect/(?P<entry>[^/]+)")

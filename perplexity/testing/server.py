@@ -38,7 +38,7 @@ class _Server(ThreadingHTTPServer):
 class FakePerplexity:
     """A fake `https://www.perplexity.ai` on 127.0.0.1 for tests; see the package docstring."""
 
-    def __init__(self, session_token: str = "test-session-token", *, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, session_token: str = "test-session-token", host: str = "127.0.0.1", port: int = 0):
         if host not in _LOOPBACK:
             raise ValueError("the fake upstream binds to loopback only")
         self.host = host
