@@ -1,20 +1,23 @@
-"""Shared marshmallow building blocks for request schemas and the OpenAI-style reading of their errors."""
+"""Shared marshmallow building blocks for request and response schemas, and the OpenAI-style reading of errors."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 from marshmallow.exceptions import SCHEMA
 
 __all__ = [
     "REQUIRED",
+    "Null",
     "RequestPartSchema",
+    "ResponseSchema",
     "WholeNumber",
     "array",
     "boolean",
     "choice",
+    "constant",
     "first_error",
     "integer",
     "mapping",
@@ -98,6 +101,40 @@ def nested(schema: type[Schema], **kwargs: Any) -> fields.Nested:
     kwargs.setdefault("allow_none", not kwargs.get("required", False))
     kwargs.setdefault("error_messages", {"null": _NULL})
     return fields.Nested(schema, **kwargs)
+
+
+# ---- response bodies --------------------------------------------------------------------------
+
+
+class ResponseSchema(Schema):
+    """Base for response (sub)schemas: `dump` emits only declared keys, so every key the server sends is declared.
+
+    `required=True` marks a key the server always sends, `dump_default=None` one the spec requires even when null;
+    `validate()` (unknown keys rejected) checks a body against that description.
+    """
+
+    class Meta:
+        unknown = RAISE
+
+
+class Null(fields.Field):
+    """A key the server always sends as null (e.g. `logprobs`): dumped as null when absent; only null validates."""
+
+    default_error_messages = {"invalid": "must be null."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=True, allow_none=True, dump_default=None, **kwargs)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        raise self.make_error("invalid")
+
+
+def constant(value: str) -> fields.String:
+    """A required string that is always `value` (an `object` or `type` tag)."""
+    return fields.String(required=True, validate=validate.Equal(value, error="must be {other!r}."))
 
 
 # ---- reading a ValidationError the way OpenAI reports request errors --------------------------

@@ -155,7 +155,8 @@ def test_n_above_one_points_at_n_and_says_only_one_is_supported():
 @pytest.mark.parametrize(
     ("fields", "param", "message"),
     [
-        ({"model": None}, "model", "Invalid value for 'model': must not be null."),
+        # `model` may be null or absent: the server's DEFAULT_MODEL applies.
+        ({"messages": None}, "messages", "Invalid value for 'messages': must not be null."),
         ({"messages": []}, "messages", "Invalid value for 'messages': must contain at least one message."),
         ({"messages": "hi"}, "messages", "Invalid value for 'messages': must be an array."),
         ({"temperature": 2.5}, "temperature", "Invalid value for 'temperature': must be between 0 and 2."),
