@@ -113,7 +113,7 @@ def to_api_error(exc: BaseException) -> APIError:
 
 
 def error_payload(error: APIError) -> dict[str, Any]:
-    """The OpenAI error body."""
+    """The OpenAI error body (the shape ErrorResponseSchema documents)."""
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 

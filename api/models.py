@@ -5,12 +5,16 @@ from __future__ import annotations
 import orjson
 from flask import Blueprint, Response
 
+from schemas import ModelListSchema, ModelSchema
+
 from .errors import APIError
 from .state import state
 
 __all__ = ["bp"]
 
 bp = Blueprint("models", __name__)
+_model_schema = ModelSchema()
+_list_schema = ModelListSchema()
 
 
 def _json(body: object) -> Response:
@@ -20,7 +24,7 @@ def _json(body: object) -> Response:
 @bp.get("/v1/models")
 def list_models() -> Response:
     """Every public model id: the aliases, then one per upstream model."""
-    return _json({"object": "list", "data": [m.openai() for m in state().models.models()]})
+    return _json(_list_schema.dump({"object": "list", "data": [m.openai() for m in state().models.models()]}))
 
 
 @bp.get("/v1/models/<path:model_id>")
@@ -29,7 +33,7 @@ def retrieve_model(model_id: str) -> Response:
     model = state().models.resolve(model_id)
     if model is None:
         raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
-    return _json(model.openai())
+    return _json(_model_schema.dump(model.openai()))
 
 
 @bp.post("/v1/models/refresh")

@@ -38,8 +38,9 @@ def init_app(app: Flask, metrics: Any) -> Limiter | None:
     uri = str(app.config["RATELIMIT_STORAGE_URI"])
     limiter = Limiter(
         _caller_key,
-        default_limits=[f"{int(app.config['REQUESTS_PER_MINUTE'])} per minute"],
-        default_limits_exempt_when=lambda: request.path.startswith(EXEMPT_PREFIXES),
+        # One budget per caller across every route (default_limits would count each route apart).
+        application_limits=[f"{int(app.config['REQUESTS_PER_MINUTE'])} per minute"],
+        application_limits_exempt_when=lambda: request.path.startswith(EXEMPT_PREFIXES),
         storage_uri=uri,
         storage_options=_storage_options(uri),
         strategy="moving-window",

@@ -17,7 +17,7 @@ from .completion import CompletionMeta, chunk, extras, usage
 from .errors import APIError, error_payload, to_api_error
 from .turn import ChatTurn, Piece
 
-__all__ = ["DONE", "PING", "chat_chunks", "encode", "error_event", "with_heartbeats"]
+__all__ = ["DONE", "PING", "chat_chunks", "encode", "error_event", "turn_pieces", "with_heartbeats"]
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,25 @@ class _Failure:
         self.exc = exc
 
 
+def _offer(box: queue.Queue[Any], item: Any, stopped: threading.Event) -> bool:
+    """Put `item` unless the consumer has gone; a full queue never strands the reader."""
+    while not stopped.is_set():
+        try:
+            box.put(item, timeout=1.0)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _reader(source: Iterable[Any], box: queue.Queue[Any], stopped: threading.Event) -> None:
     try:
         for item in source:
-            while not stopped.is_set():
-                try:
-                    box.put(item, timeout=1.0)
-                    break
-                except queue.Full:
-                    continue
-            if stopped.is_set():
+            if not _offer(box, item, stopped):
                 return
-        box.put(_END)
+        _offer(box, _END, stopped)
     except BaseException as exc:  # handed to the consumer, which re-raises it in its own context
-        box.put(_Failure(exc))
+        _offer(box, _Failure(exc), stopped)
 
 
 def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], None]) -> Iterator[list[Any] | None]:
@@ -99,6 +104,26 @@ def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], 
     finally:
         stopped.set()
         close()
+
+
+def turn_pieces(stream: AskStream, turn: ChatTurn, heartbeat: float) -> Iterator[list[Piece] | None]:
+    """What `turn` makes of each upstream batch (None after `heartbeat` s of silence); stops once it finished."""
+    batches = with_heartbeats(stream, heartbeat, stream.close)
+    try:
+        for batch in batches:
+            if batch is None:
+                yield None
+                continue
+            pieces: list[Piece] = []
+            for event in batch:
+                pieces += turn.feed(event)
+                if turn.finish_reason is not None:
+                    break
+            yield pieces
+            if turn.finish_reason is not None:
+                return
+    finally:
+        batches.close()  # releases the reader at once, not when the generator is collected
 
 
 def _piece_chunk(meta: CompletionMeta, piece: Piece, fields: dict[str, Any], with_usage: bool) -> bytes | None:

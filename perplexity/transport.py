@@ -278,6 +278,7 @@ class RequestsResponse:
         self._url = url
         self._body: bytes | None = None
         self._closed = False
+        self._reading = False
         self.status_code = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.set_cookies = parse_set_cookies(response.raw.headers.getlist("Set-Cookie"))
@@ -288,20 +289,27 @@ class RequestsResponse:
                 yield self._body
             return
         chunks = self._raw_chunks()
-        while not self._closed:
-            try:
-                chunk = next(chunks)
-            except StopIteration:
-                return
-            except Exception as exc:
-                if self._closed:  # closed under us by another greenlet: end quietly
+        try:
+            while not self._closed:
+                self._reading = True
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
                     return
-                error = _map_requests_error(exc, self._url, in_body=True)
-                if error is None:
-                    raise
-                raise error from exc
-            if chunk:
-                yield chunk
+                except Exception as exc:
+                    if self._closed:  # closed under us by another greenlet: end quietly
+                        return
+                    error = _map_requests_error(exc, self._url, in_body=True)
+                    if error is None:
+                        raise
+                    raise error from exc
+                finally:
+                    self._reading = False
+                if chunk:
+                    yield chunk
+        finally:
+            if self._closed:
+                self._response.close()  # the close() that arrived mid-read left this to us
 
     def _raw_chunks(self) -> Iterator[bytes]:
         """Body pieces as they arrive, decoded (perf-and-reliability.md section 4).
@@ -319,10 +327,17 @@ class RequestsResponse:
         return _read_limited(self, limit)
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            # Response.close() closes the socket of a half-read body instead of pooling it.
-            self._response.close()
+        if self._closed:
+            return
+        self._closed = True
+        if self._reading:
+            # Another greenlet is inside a read on this socket: closing the buffered reader under it
+            # raises "reentrant call". Shut the socket down instead; that read then returns and the
+            # reader finishes the close (urllib3 >= 2.3).
+            self._response.raw.shutdown()
+            return
+        # Response.close() closes the socket of a half-read body instead of pooling it.
+        self._response.close()
 
     def _preload(self) -> None:
         self._body = b"".join(self.iter_bytes())

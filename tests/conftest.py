@@ -81,7 +81,11 @@ class LiveServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -92,7 +96,7 @@ class LiveServer:
                 with requests.get(self.url + "/health", timeout=1) as response:
                     if response.status_code == 200:
                         return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or the worker is still booting
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not start:\n{self.log()}")
 
