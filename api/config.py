@@ -37,6 +37,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEFAULT_MODEL", "perplexity-auto", str, "Model used when a request names none"),
     Setting("DEFAULT_CITATION_MODE", "default", str, "default keeps [n], markdown links them, clean drops them"),
     Setting("CONVERSATION_TIMEOUT", 3600, int, "Seconds a conversation's thread is remembered after its last turn"),
+    Setting("CONVERSATION_STORE_URI", "memory://", str, "Conversations: memory:// or a redis:// URL (shared)"),
     Setting("HEARTBEAT_INTERVAL", 10.0, float, "Seconds of upstream silence before a ': ping' comment is sent"),
     Setting("MAX_REQUEST_BYTES", 25 * 1024 * 1024, int, "Largest request body accepted (attachments included)"),
     Setting("ENABLE_RATE_LIMITING", False, bool, "Enforce REQUESTS_PER_MINUTE per caller"),

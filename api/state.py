@@ -31,7 +31,7 @@ class ServerState:
         self.config = config
         self.started = time.time()
         self.metrics = Metrics()
-        self.store: ConversationStore = store or MemoryConversationStore(float(config["CONVERSATION_TIMEOUT"]))
+        self.store: ConversationStore = store or _conversation_store(config)
         self.counters: Counter[str] = Counter()
         self.upstream_errors: Counter[str] = Counter()
         self.open_streams = 0
@@ -46,6 +46,11 @@ class ServerState:
         self._refreshing = threading.Lock()
         # Session check, cached: (checked at, result or None, error message).
         self._session: tuple[float, SessionInfo | None, str | None] = (0.0, None, None)
+        # Stored Responses API objects (caller-scoped, expiring like conversations); imported here to keep
+        # this edit to one place while the rest of the module changes.
+        from .conversations import MemoryResponseStore
+
+        self.responses = MemoryResponseStore(float(config["CONVERSATION_TIMEOUT"]))
 
     # ---- the Perplexity client ------------------------------------------------------------
 
@@ -159,6 +164,17 @@ class ServerState:
         """Release the connection pool."""
         if self._client is not None:
             self._client.close()
+
+
+def _conversation_store(config: dict[str, Any]) -> ConversationStore:
+    """Memory by default; Redis when CONVERSATION_STORE_URI names one (shared by workers and instances)."""
+    uri = str(config.get("CONVERSATION_STORE_URI") or "memory://")
+    ttl = float(config["CONVERSATION_TIMEOUT"])
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisConversationStore, redis_client
+
+        return RedisConversationStore(redis_client(uri), ttl)
+    return MemoryConversationStore(ttl)
 
 
 def init_app(app: Flask) -> ServerState:
