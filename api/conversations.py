@@ -14,7 +14,16 @@ import orjson
 
 from perplexity.types import ThreadIds
 
-__all__ = ["Conversation", "ConversationStore", "MemoryConversationStore", "history_key", "new_conversation_id"]
+__all__ = [
+    "Conversation",
+    "ConversationStore",
+    "MemoryConversationStore",
+    "MemoryResponseStore",
+    "ResponseStore",
+    "StoredResponse",
+    "history_key",
+    "new_conversation_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +154,85 @@ class MemoryConversationStore:
             if self.get(caller, conversation_id) is None:
                 return False
             self._drop(conversation_id)
+            return True
+
+    def count(self) -> int:
+        with self._lock:
+            self._purge()
+            return len(self._items)
+
+
+# ---- stored Responses API objects -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """One `/v1/responses` result kept for retrieval and `previous_response_id`: what was sent, and its thread."""
+
+    id: str
+    caller: str
+    created: float
+    conversation_id: str
+    response: dict[str, Any] = field(repr=False)
+    input_items: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def previous_id(self) -> str | None:
+        """The response this one continued, if any."""
+        return self.response.get("previous_response_id")
+
+    def to_json(self) -> bytes:
+        """Serialize for a shared store."""
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> StoredResponse:
+        """Inverse of to_json."""
+        return cls(**orjson.loads(raw))
+
+
+class ResponseStore(Protocol):
+    """Where stored responses live; every method is scoped to one caller."""
+
+    def get(self, caller: str, response_id: str) -> StoredResponse | None: ...
+    def save(self, record: StoredResponse) -> None: ...
+    def delete(self, caller: str, response_id: str) -> bool: ...
+    def count(self) -> int: ...
+
+
+class MemoryResponseStore:
+    """A per-process response store; a response expires `ttl` seconds after it was created."""
+
+    def __init__(self, ttl: float, *, clock: Any = time.time) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._items: dict[str, StoredResponse] = {}
+        self._lock = threading.Lock()
+
+    def _alive(self, record: StoredResponse | None) -> StoredResponse | None:
+        return record if record is not None and self._clock() - record.created <= self.ttl else None
+
+    def _purge(self) -> None:
+        for rid in [r.id for r in self._items.values() if self._alive(r) is None]:
+            del self._items[rid]
+
+    def get(self, caller: str, response_id: str) -> StoredResponse | None:
+        record = self._alive(self._items.get(response_id))
+        return record if record is not None and record.caller == caller else None
+
+    def save(self, record: StoredResponse) -> None:
+        with self._lock:
+            self._purge()
+            old = self._items.get(record.id)
+            if old is not None and old.caller != record.caller:
+                raise PermissionError("response id belongs to another caller")
+            self._items[record.id] = record
+
+    def delete(self, caller: str, response_id: str) -> bool:
+        with self._lock:
+            if self.get(caller, response_id) is None:
+                return False
+            del self._items[response_id]
             return True
 
     def count(self) -> int:
