@@ -8,9 +8,11 @@ __all__ = ["register_blueprints"]
 
 
 def register_blueprints(app: Flask) -> None:
-    """Register the chat, models and ops blueprints."""
-    from . import chat, models, ops
+    """Register the chat, responses, legacy completions, models and ops blueprints."""
+    from . import chat, legacy, models, ops, responses
 
     app.register_blueprint(chat.bp)
+    app.register_blueprint(responses.bp)
+    app.register_blueprint(legacy.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(ops.bp)

@@ -1,0 +1,218 @@
+"""The Responses API event stream: a ChatTurn's pieces as numbered `event:`/`data:` frames, always closed properly.
+
+Order of output items: a reasoning item opens at the first reasoning text and closes when the answer starts;
+the message item follows. Reasoning that arrives once the answer has started (Perplexity may finish a plan step
+late) is held back and sent as a second reasoning item after the message, so no two items are ever open at
+once and `response.completed` lists exactly the items sent in `response.output_item.done` (Codex builds its
+history from those).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from perplexity.errors import PerplexityError
+from perplexity.stream import AskStream
+
+from .errors import APIError, to_api_error
+from .response_objects import (
+    ResponseMeta,
+    message_item,
+    new_id,
+    output_text,
+    reasoning_item,
+    response_error,
+    response_object,
+    response_status,
+    response_usage,
+    url_citations,
+)
+from .sse import PING, encode, turn_pieces
+from .turn import ChatTurn, Piece
+
+__all__ = ["ResponseEvents", "response_events"]
+
+log = logging.getLogger(__name__)
+
+
+class ResponseEvents:
+    """Builds the event sequence of one streamed response; `output` holds the items finished so far."""
+
+    def __init__(self, meta: ResponseMeta) -> None:
+        self.meta = meta
+        self.output: list[dict[str, Any]] = []
+        self._sequence = 0
+        self._reasoning_id: str | None = None  # the open reasoning item
+        self._reasoning = ""
+        self._late_reasoning = ""
+        self._message_open = False
+        self._message_done = False
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        """One numbered event."""
+        data = {"type": kind, **fields, "sequence_number": self._sequence}
+        self._sequence += 1
+        return encode(data, event=kind)
+
+    def start(self) -> bytes:
+        """`response.created` and `response.in_progress`."""
+        snapshot = response_object(self.meta, None, status="in_progress", output=[])
+        return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
+
+    def feed(self, pieces: list[Piece]) -> list[bytes]:
+        """The events for the turn's new pieces (sources and finish show up only in the final response)."""
+        out: list[bytes] = []
+        for piece in pieces:
+            if piece.kind == "reasoning" and self._message_open:
+                self._late_reasoning += piece.text
+            elif piece.kind == "reasoning":
+                out += self._reasoning_delta(piece.text)
+            elif piece.kind == "content":
+                out += self._text_delta(piece.text)
+        return out
+
+    def finish(self, turn: ChatTurn, prompt_text: str) -> tuple[bytes, dict[str, Any]]:
+        """Close every item; return those events and the final response (sent by `final` once it is stored)."""
+        out = self._close_reasoning() + self._open_message()  # an empty answer still gets its message item
+        out += self._close_message(turn)
+        if self._late_reasoning:
+            out += self._reasoning_delta(self._late_reasoning) + self._close_reasoning()
+        status = response_status(turn)
+        response = response_object(
+            self.meta, turn, status=status, output=list(self.output), usage=response_usage(prompt_text, turn)
+        )
+        return b"".join(out), response
+
+    def final(self, response: dict[str, Any]) -> bytes:
+        """`response.completed`, or `response.incomplete` when max_output_tokens cut the answer."""
+        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        return self.event(kind, response=response)
+
+    def failed(self, exc: BaseException, turn: ChatTurn) -> dict[str, Any]:
+        """The failed response: finished items plus whatever was open, marked incomplete."""
+        error = to_api_error(exc)
+        if not isinstance(exc, PerplexityError | APIError):
+            log.exception("response stream failed")
+        output = list(self.output)
+        if self._reasoning_id is not None:
+            output.append(reasoning_item(self._reasoning_id, self._reasoning, "incomplete"))
+        if self._message_open and not self._message_done:
+            content = [output_text(turn.content, url_citations(turn))]
+            output.append(message_item(self.meta.message_id, content, "incomplete"))
+        return response_object(self.meta, turn, status="failed", output=output, error=response_error(error))
+
+    # ---- items ------------------------------------------------------------------------------
+
+    def _reasoning_delta(self, text: str) -> list[bytes]:
+        out = []
+        if self._reasoning_id is None:
+            self._reasoning_id, self._reasoning = new_id("rs"), ""
+            item = reasoning_item(self._reasoning_id, "", "in_progress")
+            out.append(self.event("response.output_item.added", output_index=len(self.output), item=item))
+            out.append(self.event("response.reasoning_summary_part.added", **self._summary_at(), part=_summary("")))
+        self._reasoning += text
+        out.append(self.event("response.reasoning_summary_text.delta", **self._summary_at(), delta=text))
+        return out
+
+    def _close_reasoning(self) -> list[bytes]:
+        if self._reasoning_id is None:
+            return []
+        at, text = self._summary_at(), self._reasoning
+        item = reasoning_item(self._reasoning_id, text, "completed")
+        out = [
+            self.event("response.reasoning_summary_text.done", **at, text=text),
+            self.event("response.reasoning_summary_part.done", **at, part=_summary(text)),
+            self.event("response.output_item.done", output_index=at["output_index"], item=item),
+        ]
+        self.output.append(item)
+        self._reasoning_id = None
+        return out
+
+    def _open_message(self) -> list[bytes]:
+        if self._message_open:
+            return []
+        self._message_open = True
+        item = message_item(self.meta.message_id, [], "in_progress")
+        return [
+            self.event("response.output_item.added", output_index=len(self.output), item=item),
+            self.event("response.content_part.added", **self._text_at(), part=output_text("", [])),
+        ]
+
+    def _text_delta(self, text: str) -> list[bytes]:
+        out = self._close_reasoning() + self._open_message()
+        out.append(self.event("response.output_text.delta", **self._text_at(), delta=text, logprobs=[]))
+        return out
+
+    def _close_message(self, turn: ChatTurn) -> list[bytes]:
+        at, annotations = self._text_at(), url_citations(turn)
+        # Citations are final only once the answer is (sources can still change mid-answer), so all go here.
+        out = [
+            self.event("response.output_text.annotation.added", **at, annotation_index=index, annotation=annotation)
+            for index, annotation in enumerate(annotations)
+        ]
+        part = output_text(turn.content, annotations)
+        item = message_item(self.meta.message_id, [part], response_status(turn))
+        out += [
+            self.event("response.output_text.done", **at, text=turn.content, logprobs=[]),
+            self.event("response.content_part.done", **at, part=part),
+            self.event("response.output_item.done", output_index=at["output_index"], item=item),
+        ]
+        self.output.append(item)
+        self._message_done = True
+        return out
+
+    def _summary_at(self) -> dict[str, Any]:
+        return {"item_id": self._reasoning_id, "output_index": len(self.output), "summary_index": 0}
+
+    def _text_at(self) -> dict[str, Any]:
+        return {"item_id": self.meta.message_id, "output_index": len(self.output), "content_index": 0}
+
+
+def _summary(text: str) -> dict[str, str]:
+    return {"type": "summary_text", "text": text}
+
+
+def response_events(
+    stream: AskStream,
+    turn: ChatTurn,
+    events: ResponseEvents,
+    *,
+    prompt_text: str,
+    heartbeat: float,
+    on_done: Callable[[ChatTurn, dict[str, Any]], None],
+    on_failed: Callable[[dict[str, Any]], None],
+    on_error: Callable[[BaseException], None] | None = None,
+    on_first_token: Callable[[], None] | None = None,
+) -> Iterator[bytes]:
+    """The SSE body of a streamed response; it always ends in response.completed, .incomplete or .failed.
+
+    `on_done` runs before the final event, so a client that chains on `response.completed` at once finds
+    the response stored. No `[DONE]`: the Responses API ends with its lifecycle event.
+    """
+    yield events.start()
+    first_token = False
+    try:
+        for pieces in turn_pieces(stream, turn, heartbeat):
+            if pieces is None:
+                yield PING
+                continue
+            out = events.feed(pieces)
+            if not first_token and any(piece.kind == "content" for piece in pieces):
+                first_token = True
+                if on_first_token is not None:
+                    on_first_token()
+            if out:
+                yield b"".join(out)
+        closing, response = events.finish(turn, prompt_text)
+        on_done(turn, response)
+        yield closing + events.final(response)
+    except Exception as exc:
+        if on_error is not None:
+            on_error(exc)
+        failed = events.failed(exc, turn)
+        on_failed(failed)
+        yield events.event("response.failed", response=failed)
+    finally:
+        stream.close()

@@ -1,0 +1,158 @@
+"""Responses API input: items as chat messages for the chat core, and as the `input_items` a stored response lists."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .conversations import ResponseStore, StoredResponse
+from .errors import APIError
+from .response_objects import new_id, output_text
+
+__all__ = ["MAX_CHAIN", "ResponseInput", "chain_history", "locate_error", "read_input", "stored_items"]
+
+# How many earlier responses a follow-up replays as history when its Perplexity thread is gone.
+MAX_CHAIN = 32
+_INSTRUCTION_ROLES = ("system", "developer")
+_MESSAGES_PARAM = re.compile(r"^messages(?:\[(\d+)\])?(.*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseInput:
+    """Chat messages for `ChatService.prepare`, and for each message the request field it came from."""
+
+    messages: list[dict[str, Any]]
+    origins: list[str]
+
+
+def read_input(body: dict[str, Any], history: list[dict[str, Any]]) -> ResponseInput:
+    """Instructions (as the system message), the history of earlier responses, then this request's input."""
+    messages: list[dict[str, Any]] = []
+    origins: list[str] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+        origins.append("instructions")
+    messages += history
+    origins += ["previous_response_id"] * len(history)
+    for index, item in enumerate(body["input"]):
+        message = item_message(item, text_only=False)
+        if message is not None:
+            messages.append(message)
+            origins.append(f"input[{index}]")
+    return ResponseInput(messages, origins)
+
+
+def locate_error(error: APIError, origins: list[str]) -> APIError:
+    """Point a chat-core error about `messages[i]…` at the Responses field that message came from."""
+    match = _MESSAGES_PARAM.match(error.param or "")
+    if match is None:
+        return error
+    index, rest = match.groups()
+    if index is None or int(index) >= len(origins):
+        return replace(error, param="input")
+    return replace(error, param=origins[int(index)] + rest)
+
+
+def chain_history(store: ResponseStore, caller: str, latest: StoredResponse) -> list[dict[str, Any]]:
+    """The text of `latest` and the responses before it (oldest first), as chat messages without instructions.
+
+    The chat core sends only the newest turn when the thread is still known; this history is what a new
+    thread is started from when it is not (expired, deleted, or gone upstream).
+    """
+    records = [latest]
+    while len(records) < MAX_CHAIN and records[-1].previous_id:
+        found = store.get(caller, records[-1].previous_id)
+        if found is None:
+            break
+        records.append(found)
+    messages = []
+    for record in reversed(records):
+        for item in [*record.input_items, *record.response.get("output", ())]:
+            message = None if item.get("role") in _INSTRUCTION_ROLES else item_message(item, text_only=True)
+            if message is not None:
+                messages.append(message)
+    return messages
+
+
+# ---- items -> chat messages ---------------------------------------------------------------------
+
+
+def item_message(item: dict[str, Any], *, text_only: bool) -> dict[str, Any] | None:
+    """One input item as a chat message; None for items that carry nothing to send (reasoning)."""
+    kind = item.get("type") or "message"
+    if kind == "message":
+        return {"role": item["role"], "content": _chat_content(item["content"], text_only)}
+    if kind == "function_call":
+        call = {
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": item["arguments"]},
+        }
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+    if kind == "function_call_output":
+        return {"role": "tool", "tool_call_id": item["call_id"], "content": _chat_content(item["output"], text_only)}
+    return None
+
+
+def _chat_content(content: str | list[dict[str, Any]], text_only: bool) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts = [_chat_part(part, text_only) for part in content]
+    return [part for part in parts if part is not None]
+
+
+def _chat_part(part: dict[str, Any], text_only: bool) -> dict[str, Any] | None:
+    # Text parts pass as they are: the chat core reads input_text, output_text and refusal parts itself.
+    kind = part["type"]
+    if kind in ("input_text", "output_text", "refusal"):
+        return part
+    if text_only:
+        return None  # history: files were uploaded with their own turn, not again on every follow-up
+    if kind == "input_image" and part.get("image_url"):
+        return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail") or "auto"}}
+    if part.get("file_url"):
+        return {"type": "input_text", "text": f"(file: {part['file_url']})"}
+    # Inline file data uploads; a file id has nothing to upload and the chat core says so (400).
+    file = {key: part[key] for key in ("file_data", "file_id", "filename") if part.get(key)}
+    return {"type": "file", "file": file}
+
+
+# ---- items -> stored input_items ----------------------------------------------------------------
+
+
+def stored_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This request's input items as the list `GET /v1/responses/{id}/input_items` returns (each with an id)."""
+    return [_stored_item(item) for item in items]
+
+
+def _stored_item(item: dict[str, Any]) -> dict[str, Any]:
+    kind = item["type"]
+    if kind == "message":
+        # Assistant turns are listed as output messages (the spec's input message has no assistant role).
+        shape = _output_part if item["role"] == "assistant" else _input_part
+        content = [shape(part) for part in _parts(item["content"])]
+        item_id = item.get("id") or new_id("msg")
+        return {"id": item_id, "type": "message", "role": item["role"], "status": "completed", "content": content}
+    prefix = {"function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}[kind]
+    stored = {**item, "id": item.get("id") or new_id(prefix)}
+    if kind == "reasoning":
+        stored["summary"] = item.get("summary") or []
+    else:
+        stored["status"] = item.get("status") or "completed"
+    return stored
+
+
+def _parts(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "input_text", "text": content}] if isinstance(content, str) else content
+
+
+def _input_part(part: dict[str, Any]) -> dict[str, Any]:
+    # The spec's input_image requires `detail`; OpenAI fills in "auto" when the request left it out.
+    return {**part, "detail": part.get("detail") or "auto"} if part["type"] == "input_image" else part
+
+
+def _output_part(part: dict[str, Any]) -> dict[str, Any]:
+    if part["type"] == "refusal":
+        return part
+    return output_text(part["text"], list(part.get("annotations") or []))
