@@ -109,6 +109,7 @@ class MemoryConversationStore:
         self._items: dict[str, Conversation] = {}
         self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._purged = float("-inf")
 
     def _alive(self, conversation: Conversation | None) -> Conversation | None:
         if conversation is None or self._clock() - conversation.updated > self.ttl:
@@ -116,7 +117,12 @@ class MemoryConversationStore:
         return conversation
 
     def _purge(self) -> None:
+        # A full scan at most once a minute (a scan per save was O(stored) on every request); expired
+        # entries are invisible in between anyway, since every read checks the age.
         now = self._clock()
+        if now - self._purged < min(60.0, self.ttl):
+            return
+        self._purged = now
         for cid in [c.id for c in self._items.values() if now - c.updated > self.ttl]:
             self._drop(cid)
 
@@ -147,7 +153,8 @@ class MemoryConversationStore:
     def list(self, caller: str) -> list[Conversation]:
         with self._lock:
             self._purge()
-            return sorted((c for c in self._items.values() if c.caller == caller), key=lambda c: -c.updated)
+            mine = (c for c in self._items.values() if c.caller == caller and self._alive(c))
+            return sorted(mine, key=lambda c: -c.updated)
 
     def delete(self, caller: str, conversation_id: str) -> bool:
         with self._lock:
@@ -159,7 +166,7 @@ class MemoryConversationStore:
     def count(self) -> int:
         with self._lock:
             self._purge()
-            return len(self._items)
+            return sum(1 for c in self._items.values() if self._alive(c))
 
 
 # ---- stored Responses API objects -----------------------------------------------------------------

@@ -194,11 +194,9 @@ def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usa
     if not started:
         parts.append(encode(chunk(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)))
     fields = extras(turn, meta, final=True)
-    if turn.annotations:
-        # Not in the spec's delta schema, but OpenRouter-style clients read annotations from a late delta.
-        delta: dict[str, Any] = {"annotations": turn.annotations}
-    else:
-        delta = {}
+    annotations = turn.annotations
+    # Not in the spec's delta schema, but OpenRouter-style clients read annotations from a late delta.
+    delta: dict[str, Any] = {"annotations": annotations} if annotations else {}
     parts.append(
         encode(chunk(meta, delta, finish_reason=turn.finish_reason or "stop", fields=fields, with_usage=include_usage))
     )

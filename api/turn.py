@@ -58,7 +58,8 @@ class ChatTurn:
         self._renderer = CitationRenderer(limits.citation_mode)
         self._stopper = StopScanner(limits.stops)
         self._budget = limits.max_tokens * CHARS_PER_TOKEN if limits.max_tokens else None
-        self.content = ""
+        self._parts: list[str] = []  # content pieces; joined on demand (+= would copy the answer per chunk)
+        self._length = 0
         self.reasoning = ""
         self.sources: tuple[Source, ...] = ()
         self.media: tuple[MediaItem, ...] = ()
@@ -69,9 +70,16 @@ class ChatTurn:
         self.finish_reason: str | None = None
 
     @property
+    def content(self) -> str:
+        """The content handed out so far."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    @property
     def annotations(self) -> list[dict[str, object]]:
         """url_citation annotations inside the content handed out."""
-        size = len(self.content)
+        size = self._length
         return [a for a in self._renderer.annotations if a["url_citation"]["end_index"] <= size]  # type: ignore[index]
 
     def feed(self, event: AskEvent) -> list[Piece]:
@@ -103,7 +111,7 @@ class ChatTurn:
         """Start the content over from `answer` (non-streamed turns use Perplexity's final text)."""
         self._renderer = CitationRenderer(self.limits.citation_mode, self.sources)
         self._stopper = StopScanner(self.limits.stops)
-        self.content, self.finish_reason = "", None
+        self._parts, self._length, self.finish_reason = [], 0, None
         self._content(self._renderer.feed(answer) + self._renderer.flush())
         self._finish_content()
 
@@ -130,13 +138,14 @@ class ChatTurn:
             return []
         text = text if final else self._stopper.feed(text)
         pieces = []
-        if self._budget is not None and len(self.content) + len(text) > self._budget:
-            text = text[: max(0, self._budget - len(self.content))]
+        if self._budget is not None and self._length + len(text) > self._budget:
+            text = text[: max(0, self._budget - self._length)]
             self.finish_reason = "length"
         elif self._stopper.stopped:
             self.finish_reason = "stop"
         if text:
-            self.content += text
+            self._parts.append(text)
+            self._length += len(text)
             pieces.append(Piece("content", text))
         if self.finish_reason is not None:
             pieces.append(Piece("finish", self.finish_reason))

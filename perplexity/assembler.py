@@ -69,6 +69,8 @@ class AnswerAssembler:
         self.failure: Failed | None = None
         self.bad_patches = 0
         self._changed: set[str] = set()
+        # usage -> (its chunk list, how many chunks were joined, the joined text)
+        self._joined: dict[str, tuple[list[Any], int, str]] = {}
 
     @property
     def answer(self) -> str:
@@ -156,6 +158,8 @@ class AnswerAssembler:
             return
         doc = self._docs.get((usage, field), {})
         for op in diff.get("patches") or ():
+            if field == "markdown_block" and not _appends_chunk(doc, op):
+                self._joined.pop(usage, None)  # anything but an append may change text already joined
             try:
                 doc = apply_patch(doc, [op])
             except (JsonPatchError, TypeError, IndexError, KeyError):
@@ -167,13 +171,16 @@ class AnswerAssembler:
         if field == "markdown_block":
             # Chunks are placed by index: chunks[:offset] + new; offset 0 repaints (protocol doc 3.5).
             old = self._docs.get((usage, field)) or {}
+            kept = old.get("chunks") if isinstance(old.get("chunks"), list) else []
             chunks = value.get("chunks")
             if isinstance(chunks, list):
                 offset = value.get("chunk_starting_offset")
                 offset = offset if isinstance(offset, int) and offset >= 0 else 0
-                value = {**value, "chunks": list(old.get("chunks") or [])[:offset] + chunks}
-            else:
-                value = {**value, "chunks": old.get("chunks") or []}
+                if offset == len(kept):
+                    kept.extend(chunks)  # the usual delta: append in place, so the joined text stays valid
+                else:
+                    kept = kept[:offset] + chunks  # a repaint: a new list invalidates the joined text
+            value = {**value, "chunks": kept}
         self._docs[(usage, field)] = value
         self._note_block(usage, field)
 
@@ -313,7 +320,7 @@ class AnswerAssembler:
         for usage in _MARKDOWN_USAGES:
             doc = self._docs.get((usage, "markdown_block"))
             if isinstance(doc, dict):
-                text = extract.markdown_text(doc)
+                text = self._markdown_text(usage, doc)
                 if text:
                     return text
         workflow = self._docs.get(("workflow_root", "workflow_block"))
@@ -322,6 +329,20 @@ class AnswerAssembler:
             if text:
                 return text
         return self._text_answer or None
+
+    def _markdown_text(self, usage: str, doc: dict[str, Any]) -> str | None:
+        """extract.markdown_text, but joining only the chunks added since the last frame (linear, not quadratic)."""
+        chunks = doc.get("chunks")
+        done = doc.get("progress") == "DONE" and isinstance(doc.get("answer"), str) and doc["answer"]
+        if done or not isinstance(chunks, list) or not chunks:
+            return extract.markdown_text(doc)
+        cached = self._joined.get(usage)
+        if cached is not None and cached[0] is chunks and cached[1] <= len(chunks):
+            text = cached[2] + "".join(c for c in chunks[cached[1] :] if isinstance(c, str))
+        else:
+            text = "".join(c for c in chunks if isinstance(c, str))
+        self._joined[usage] = (chunks, len(chunks), text)
+        return text
 
     def _update_answer(self, events: list[AskEvent], terminal: bool) -> None:
         candidate = self._candidate(terminal)
@@ -374,3 +395,12 @@ def _failure_message(frame: dict[str, Any]) -> str:
     code = _code(frame)
     suffix = f" ({code})" if code else ""
     return f"Perplexity reported the answer as failed{suffix}"
+
+
+def _appends_chunk(doc: Any, op: Any) -> bool:
+    """True for `add /chunks/<len>` (or `/chunks/-`) on a markdown document: a pure append."""
+    if not isinstance(op, dict) or op.get("op") != "add" or not isinstance(doc, dict):
+        return False
+    path = op.get("path")
+    chunks = doc.get("chunks")
+    return isinstance(chunks, list) and path in (f"/chunks/{len(chunks)}", "/chunks/-")

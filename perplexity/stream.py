@@ -46,6 +46,7 @@ class AskStream:
         self._assembler = AnswerAssembler()
         self._closed = False
         self._iterator: Iterator[AskEvent] | None = None
+        self._pending: list[AskEvent] = []
         self.frames = 0
 
     # ---- public ---------------------------------------------------------------------------
@@ -113,14 +114,17 @@ class AskStream:
         except StreamError as exc:
             exc.partial_answer = exc.partial_answer or self._assembler.answer
             raise
-        except UpstreamTimeoutError as exc:
-            raise StreamTruncatedError(
-                f"Perplexity stopped sending mid-answer ({exc.message})", partial_answer=self.answer
-            ) from exc
         except TransportError as exc:
-            raise StreamTruncatedError(
-                f"The connection to Perplexity broke mid-answer ({exc.message})", partial_answer=self.answer
-            ) from exc
+            if self._assembler.completed is not None:
+                # The answer was whole; only the drain after it failed. Hand it over all the same.
+                log.debug("drain after COMPLETED failed: %s", exc.message)
+                yield from self._pending
+                return
+            if isinstance(exc, UpstreamTimeoutError):
+                message = f"Perplexity stopped sending mid-answer ({exc.message})"
+            else:
+                message = f"The connection to Perplexity broke mid-answer ({exc.message})"
+            raise StreamTruncatedError(message, partial_answer=self.answer) from exc
         finally:
             self.close()
 
@@ -130,14 +134,19 @@ class AskStream:
             for event in decoder.feed(chunk):
                 if event.event == "end_of_stream":
                     self._check_finished("before the answer was complete")
-                    return
-                if event.event != "message" or not event.data:
+                    continue  # read on to the end of the body, so the connection can be reused
+                if event.event != "message" or not event.data or self._assembler.completed is not None:
                     continue
-                if self._assembler.completed is not None:
-                    continue  # drain what follows COMPLETED up to end_of_stream
-                yield from self._frame(event.data)
+                for answer_event in self._frame(event.data):
+                    if self._assembler.completed is None:
+                        yield answer_event
+                    else:
+                        # The terminal frame's events wait for the (immediate) end of the body: a consumer
+                        # that stops at Completed would otherwise cut the connection, not pool it.
+                        self._pending.append(answer_event)
         decoder.close()
         self._check_finished("(the connection closed before the answer was complete)")
+        yield from self._pending
 
     def _frame(self, data: str) -> Iterator[AskEvent]:
         try:

@@ -340,3 +340,16 @@ def test_the_cookie_never_appears_in_logs_messages_or_reprs(fake, client, caplog
     blob = "\n".join(seen)
     assert TOKEN not in blob
     assert result.thread.read_write_token not in blob
+
+
+def test_connections_are_reused_across_asks(fake, client):
+    """Reading each body to its end returns the connection to the pool (no new TCP/TLS per ask)."""
+    from perplexity.types import Completed
+
+    client.ask_complete("one")
+    with client.ask("two") as stream:
+        next(e for e in stream if isinstance(e, Completed))  # a consumer that stops at Completed
+    client.ask_complete("three")
+    pools = client.transport._session.adapters["http://"].poolmanager.pools
+    pool = pools[next(iter(pools.keys()))]
+    assert pool.num_requests == 3 and pool.num_connections == 1
