@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -69,6 +70,28 @@ def _reader(source: Iterable[Any], box: queue.Queue[Any], stopped: threading.Eve
         _offer(box, _Failure(exc), stopped)
 
 
+def _start_reader(source: Iterable[Any]) -> tuple[Any, Any]:
+    """Run `_reader` beside the consumer: a bare greenlet under gevent (a patched Thread and Queue cost
+    several KiB more per stream), an OS thread otherwise (e.g. the Flask test client)."""
+    if _gevent_active():
+        import gevent
+        import gevent.event
+        import gevent.queue
+
+        box: Any = gevent.queue.Queue(maxsize=256)
+        stopped: Any = gevent.event.Event()
+        gevent.spawn(_reader, source, box, stopped)
+        return box, stopped
+    box, stopped = queue.Queue(maxsize=256), threading.Event()
+    threading.Thread(target=_reader, args=(source, box, stopped), daemon=True, name="upstream-reader").start()
+    return box, stopped
+
+
+def _gevent_active() -> bool:
+    module = sys.modules.get("gevent.monkey")
+    return bool(module and module.is_module_patched("socket"))
+
+
 def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], None]) -> Iterator[list[Any] | None]:
     """Batches of items from `source`, read in a helper thread; None after `interval` s of silence.
 
@@ -76,10 +99,7 @@ def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], 
     greenlet, not an OS thread. `close` is called when the consumer stops early so the reader,
     blocked on the upstream socket, is released at once.
     """
-    box: queue.Queue[Any] = queue.Queue(maxsize=256)
-    stopped = threading.Event()
-    thread = threading.Thread(target=_reader, args=(source, box, stopped), daemon=True, name="upstream-reader")
-    thread.start()
+    box, stopped = _start_reader(source)
     try:
         while True:
             try:

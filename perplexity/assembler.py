@@ -35,6 +35,7 @@ __all__ = ["AnswerAssembler"]
 _MARKDOWN_USAGES = ("ask_text", "ask_text_0_markdown")  # read one of them, never both (AK)
 _REPORT_USAGES = ("unified_assets", "workflow_root", "answer_assets_preview")
 _CLARIFYING = "RESEARCH_CLARIFYING_QUESTIONS"
+_KNOWN_STATUSES = frozenset({"PENDING", "COMPLETED", "FAILED"})
 # Which block usages (and "text", the step list) each derived value depends on.
 _SOURCE_USAGES = frozenset({"web_results", "sources_answer_mode", "workflow_root", "pro_search_steps", "text"})
 _MEDIA_USAGES = frozenset({"answer_media_items", "media_items"})
@@ -69,6 +70,7 @@ class AnswerAssembler:
         self.failure: Failed | None = None
         self.bad_patches = 0
         self._changed: set[str] = set()
+        self._envelope_ids: tuple[Any, ...] = ()
         # usage -> (its chunk list, how many chunks were joined, the joined text)
         self._joined: dict[str, tuple[list[Any], int, str]] = {}
 
@@ -97,7 +99,9 @@ class AnswerAssembler:
         for block in frame.get("blocks") or ():
             if isinstance(block, dict):
                 self._apply_block(block)
-        status = str(frame.get("status") or "").upper()
+        status = frame.get("status")
+        if status not in _KNOWN_STATUSES:
+            status = str(status or "").upper()
         terminal = status == "COMPLETED"
         self._read_text(frame.get("text"), force=terminal)
         # Re-derive only what this frame touched: most frames carry just an answer chunk.
@@ -122,11 +126,17 @@ class AnswerAssembler:
         model = frame.get("display_model") or frame.get("user_selected_model")
         if isinstance(model, str) and model:
             self.model = model
-        if str(frame.get("search_mode") or "").upper() == "RESEARCH":
+        mode = frame.get("search_mode")
+        if mode and str(mode).upper() == "RESEARCH":
             self.research = True
         backend = frame.get("backend_uuid")
         if not isinstance(backend, str) or not backend:
             return
+        # Every frame repeats the ids; build a ThreadIds only when one of them changed.
+        seen = (backend, frame.get("context_uuid"), frame.get("read_write_token"), frame.get("thread_url_slug"))
+        if seen == self._envelope_ids:
+            return
+        self._envelope_ids = seen
         old = self.thread
         thread = ThreadIds(
             backend_uuid=backend,
@@ -144,6 +154,8 @@ class AnswerAssembler:
         usage = block.get("intended_usage")
         if not isinstance(usage, str):
             return
+        if usage == "ask_text_0_markdown" and ("ask_text", "markdown_block") in self._docs:
+            return  # the parallel copy of ask_text; only read when ask_text is missing (AK)
         diff = block.get("diff_block")
         if isinstance(diff, dict):
             self._apply_diff(usage, diff)

@@ -1,0 +1,882 @@
+#!/usr/bin/env python
+"""Side-by-side benchmark: the server (gunicorn, one gevent worker) against the fake Perplexity called directly.
+
+    python scripts/bench.py            # about 2-4 minutes
+    python scripts/bench.py --quick    # under a minute, smaller counts
+    python scripts/bench.py --json out.json
+
+Everything runs on 127.0.0.1: the fake upstream in its own process, gunicorn (`app:app`, one gevent worker) pointed
+at it, and the measuring client in this process. Five figures, each beside the issue's target and the seed's value:
+non-streamed latency, time to first token, worker CPU per streamed chunk with 4 KB upstream frames, open streams
+per worker with their memory, and how fast the upstream is released after a client leaves. See scripts/README.md.
+Speeds are noisy on a small shared machine: read the ratios and the side-by-side differences, not the absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+import orjson  # noqa: E402
+import psutil  # noqa: E402
+import requests  # noqa: E402
+from bench_herd import Herd  # noqa: E402
+from bench_procs import HOST, ChildProcess, FakeProcess, Gunicorn, cpu_seconds, raise_nofile, require_loopback  # noqa: E402
+from bench_replay import offline_breakdown  # noqa: E402
+from bench_report import TARGET, details, machine, table  # noqa: E402
+from bench_upstream import HoldProcess  # noqa: E402
+
+from perplexity.payload import build_ask_payload  # noqa: E402
+from perplexity.testing import Reply  # noqa: E402
+from perplexity.types import AskOptions  # noqa: E402
+
+TOKEN = "bench-session-token"  # the fake's session cookie: never a real one
+API_KEY = "bench-api-key"
+QUERY = "What does the benchmark measure?"
+SHORT_ANSWER = "short answer [1]."
+ANSWER_MARK = b"short answer"
+ASK_PATH = "/rest/sse/perplexity_ask?version=2.18&source=default"
+COOKIE = "__Secure-next-auth.session-token"
+
+PHASES = ("latency", "ttft", "cpu", "streams", "release")
+STAGGER = 10  # release phase: batches the streams are opened in, across one heartbeat interval
+
+
+@dataclass
+class Plan:
+    """Counts and time caps of one run."""
+
+    requests: int = 400
+    warmup: int = 50
+    ttft: int = 300
+    cpu_frames: int = 2000
+    cpu_streams: int = 3
+    frame_bytes: int = 4096
+    streams: int = 5000
+    ramp: int = 250
+    open_seconds: float = 90.0
+    release: int = 200
+    heartbeat: float = 1.0
+    budget: float = 230.0
+    phase_seconds: float = 35.0
+
+
+QUICK = {
+    "requests": 150,
+    "warmup": 20,
+    "ttft": 100,
+    "cpu_frames": 1000,
+    "cpu_streams": 2,
+    "streams": 1000,
+    "open_seconds": 20.0,
+    "release": 100,
+    "budget": 55.0,
+    "phase_seconds": 10.0,
+}
+
+
+# ---- small helpers ---------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, linear between closest ranks; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary_ms(samples: list[float]) -> dict[str, float]:
+    """p50/p99/mean in milliseconds of samples given in seconds."""
+    ms = [s * 1000 for s in samples]
+    return {
+        "n": len(ms),
+        "p50_ms": round(pct(ms, 0.5), 3),
+        "p99_ms": round(pct(ms, 0.99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3) if ms else float("nan"),
+    }
+
+
+def session() -> requests.Session:
+    """A keep-alive session that ignores proxy variables and .netrc (trust_env=False)."""
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+REALISTIC_DELTA = 24  # characters of new answer text per frame, as in the shared captures (10-25)
+
+
+def realistic_frames(count: int, delta: int, frame_bytes: int) -> list[dict[str, Any]]:
+    """`count` markdown delta frames padded to `frame_bytes` with metadata, a COMPLETED frame, end_of_stream."""
+    answer = prose(count * delta)
+    pieces = [answer[i : i + delta] for i in range(0, len(answer), delta)]
+    envelope = {
+        "backend_uuid": "00000000-0000-4000-8000-000000000001",
+        "context_uuid": "00000000-0000-4000-8000-000000000002",
+        "uuid": "00000000-0000-4000-8000-000000000003",
+        "thread_url_slug": "00000000-0000-4000-8000-000000000001",
+        "read_write_token": "bench-token",
+        "display_model": "turbo",
+        "mode": "COPILOT",
+        "status": "PENDING",
+        "text_completed": False,
+        "message_mode": "STREAMING",
+        "reconnectable": True,
+    }
+    sources = [{"name": f"Source {n}", "url": f"https://example.com/{n}", "snippet": "s"} for n in (1, 2, 3)]
+    frames: list[dict[str, Any]] = [
+        {**envelope, "blocks": [{"intended_usage": "web_results", "web_result_block": {"web_results": sources}}]}
+    ]
+    for index, piece in enumerate(pieces):
+        block = {"progress": "IN_PROGRESS", "chunks": [piece], "chunk_starting_offset": index}
+        frame = {
+            **envelope,
+            "blocks": [
+                {"intended_usage": "ask_text_0_markdown", "markdown_block": block},
+                {"intended_usage": "ask_text", "markdown_block": block},
+            ],
+        }
+        padding = max(0, frame_bytes - len(orjson.dumps(frame)) - 40)
+        frame["telemetry_data"] = {"classifier": "x" * padding}  # the metadata real frames carry
+        frames.append(frame)
+    done = {"progress": "DONE", "chunks": pieces, "chunk_starting_offset": 0, "answer": answer}
+    final = {**envelope, "status": "COMPLETED", "final": True, "final_sse_message": True, "thread_title": "bench"}
+    frames.append({**final, "blocks": [{"intended_usage": "ask_text", "markdown_block": done}]})
+    frames.append({})
+    return frames
+
+
+def prose(size: int) -> str:
+    """`size` characters of ASCII markdown prose citing sources [1] to [3]."""
+    words = "the server streams answers from perplexity with sources and reasoning to any openai client".split()
+    parts: list[str] = []
+    total = i = 0
+    while total < size:
+        sentence = " ".join(words[(i + k) % len(words)] for k in range(11)).capitalize() + f" [{i % 3 + 1}]. "
+        if i % 7 == 6:
+            sentence += "\n\n"
+        parts.append(sentence)
+        total += len(sentence)
+        i += 1
+    return "".join(parts)[:size]
+
+
+def sse_events(chunks: Iterator[bytes], sep: bytes) -> Iterator[bytes]:
+    """Split a body into SSE events (without their blank-line separator `sep`)."""
+    buf = b""
+    for chunk in chunks:
+        buf = buf + chunk if buf else chunk
+        start = 0
+        while (end := buf.find(sep, start)) >= 0:
+            yield buf[start:end]
+            start = end + len(sep)
+        buf = buf[start:]
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The `data:` payload of one single-data-line SSE event, or None (comments, no data)."""
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            return line[6:] if line[5:6] == b" " else line[5:]
+    return None
+
+
+def delta_content(data: bytes) -> str:
+    """The `choices[0].delta.content` of one chat.completion.chunk (empty when absent)."""
+    if data == b"[DONE]" or b'"content"' not in data:
+        return ""
+    body = orjson.loads(data)
+    choices = body.get("choices") or ()
+    delta = choices[0].get("delta") or {} if choices else {}
+    return delta.get("content") or ""
+
+
+class Direct:
+    """Asks sent straight to the fake upstream, the way the server sends them."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.url = require_loopback(base_url) + ASK_PATH
+        self.session = session()
+        self.headers = {
+            "accept": "text/event-stream",
+            "content-type": "application/json",
+            "cookie": f"{COOKIE}={token}",
+        }
+
+    def body(self) -> bytes:
+        return orjson.dumps(build_ask_payload(QUERY, AskOptions(), str(uuid.uuid4())))
+
+    def whole(self) -> float:
+        """Seconds to POST an ask and read the whole (small) SSE answer."""
+        data = self.body()
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=data, headers=self.headers)
+        content = r.content
+        elapsed = time.perf_counter() - t0
+        if r.status_code != 200 or ANSWER_MARK not in content:
+            raise RuntimeError(f"direct ask failed: HTTP {r.status_code} {content[:200]!r}")
+        return elapsed
+
+    def first_text(self) -> float:
+        """Seconds until the first frame containing answer text arrives (the rest is then drained)."""
+        data = self.body()
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=data, headers=self.headers, stream=True)
+        it = r.iter_content(chunk_size=None)
+        seen = b""
+        first = None
+        for chunk in it:
+            seen = seen[-64:] + chunk
+            if ANSWER_MARK in seen:
+                first = time.perf_counter() - t0
+                break
+        for _ in it:
+            pass
+        r.close()
+        if first is None:
+            raise RuntimeError("direct stream carried no answer text")
+        return first
+
+    def capture(self) -> tuple[list[bytes], list[int], float, float]:
+        """Read one stream: (raw chunks, SSE event sizes, client CPU s for read+decode, wall s)."""
+        data = self.body()
+        chunks: list[bytes] = []
+        sizes: list[int] = []
+        c0, t0 = time.process_time(), time.perf_counter()
+        r = self.session.post(self.url, data=data, headers=self.headers, stream=True)
+
+        def recorded() -> Iterator[bytes]:
+            for chunk in r.iter_content(chunk_size=None):
+                chunks.append(chunk)
+                yield chunk
+
+        for event in sse_events(recorded(), b"\r\n\r\n"):
+            sizes.append(len(event) + 4)
+            payload = event_data(event)
+            if payload and payload != b"{}":
+                orjson.loads(payload)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        r.close()
+        return chunks, sizes, cpu, wall
+
+
+class Api:
+    """Chat completions through the server."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.base = require_loopback(base_url)
+        self.url = self.base + "/v1/chat/completions"
+        self.session = session()
+        self.headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        message = {"role": "user", "content": QUERY}
+        self.whole_body = orjson.dumps({"model": "perplexity-auto", "messages": [message]})
+        self.stream_body = orjson.dumps({"model": "perplexity-auto", "messages": [message], "stream": True})
+
+    def raw_stream_request(self, port: int) -> bytes:
+        """The bytes of one streamed request, for raw-socket clients."""
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Length: {len(self.stream_body)}\r\n\r\n"
+        )
+        return head.encode() + self.stream_body
+
+    def whole(self) -> float:
+        """Seconds for one non-streamed chat completion."""
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=self.whole_body, headers=self.headers)
+        content = r.content
+        elapsed = time.perf_counter() - t0
+        if r.status_code != 200 or ANSWER_MARK not in content:
+            raise RuntimeError(f"server completion failed: HTTP {r.status_code} {content[:300]!r}")
+        return elapsed
+
+    def first_token(self) -> float:
+        """Seconds until the first chunk with non-empty `delta.content` (the rest is then drained)."""
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=self.stream_body, headers=self.headers, stream=True)
+        if r.status_code != 200:
+            raise RuntimeError(f"server stream failed: HTTP {r.status_code} {r.content[:300]!r}")
+        it = r.iter_content(chunk_size=None)
+        first = None
+        for event in sse_events(it, b"\n\n"):
+            data = event_data(event)
+            if data and delta_content(data):
+                first = time.perf_counter() - t0
+                break
+        for _ in it:
+            pass
+        r.close()
+        if first is None:
+            raise RuntimeError("server stream carried no content")
+        return first
+
+    def stream_chunks(self) -> tuple[int, int, bool]:
+        """Read one streamed completion: (content chunks, body bytes, ended with [DONE])."""
+        r = self.session.post(self.url, data=self.stream_body, headers=self.headers, stream=True)
+        if r.status_code != 200:
+            raise RuntimeError(f"server stream failed: HTTP {r.status_code} {r.content[:300]!r}")
+        count = size = 0
+        done = False
+        for event in sse_events(r.iter_content(chunk_size=None), b"\n\n"):
+            size += len(event) + 2
+            data = event_data(event)
+            if data == b"[DONE]":
+                done = True
+            elif data and data.startswith(b'{"error"'):
+                raise RuntimeError(f"server stream ended with an error: {data[:300]!r}")
+            elif data and delta_content(data):
+                count += 1
+        r.close()
+        return count, size, done
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+
+class Bench:
+    """One benchmark run: owns the children, runs the phases, collects the results."""
+
+    def __init__(
+        self, plan: Plan, phases: list[str], *, profile: bool, hold_upstream: str, hold_state: str = "answer"
+    ) -> None:
+        self.plan = plan
+        self.phases = phases
+        self.profile = profile
+        self.hold_upstream = hold_upstream
+        self.hold_state = hold_state
+        self.started = time.monotonic()
+        self.deadline = self.started + plan.budget
+        self.results: dict[str, Any] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+        self.fake: FakeProcess | None = None
+        self.holder: HoldProcess | None = None
+        self.server: Gunicorn | None = None
+        self.worker: psutil.Process | None = None
+
+    # ---- children -----------------------------------------------------------------------------
+
+    def start_server(self, name: str, upstream: str) -> None:
+        self.stop_server()
+        connections = str(max(10000, self.plan.streams + 500))
+        self.server = Gunicorn(
+            upstream=upstream,
+            token=TOKEN,
+            api_key=API_KEY,
+            log_path=self.tmp / f"gunicorn-{name}.log",
+            extra_env={"HEARTBEAT_INTERVAL": str(self.plan.heartbeat), "WORKER_CONNECTIONS": connections},
+        )
+        self.worker = self.server.wait_ready()
+        self.api = Api(self.server.url, API_KEY)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+            self.worker = None
+
+    def close(self) -> None:
+        try:
+            self.stop_server()
+        finally:
+            for child in (self.holder, self.fake):
+                if child is not None:
+                    child.stop()
+            self.holder = self.fake = None
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def left(self, cap: float | None = None) -> float:
+        """Seconds left in the run's budget (capped at `cap`)."""
+        remaining = self.deadline - time.monotonic()
+        return max(0.0, min(remaining, cap) if cap is not None else remaining)
+
+    def worker_cpu(self) -> float:
+        assert self.worker is not None
+        return cpu_seconds(self.worker)
+
+    # ---- driver -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.fake = FakeProcess(TOKEN, nofile=max(2 * self.plan.streams + 1000, 8192))
+        self.direct = Direct(self.fake.url, TOKEN)
+        first = [p for p in ("latency", "ttft", "cpu", "release") if p in self.phases]
+        if first and self.setup(first, self.fake.url):
+            for phase in first:
+                self.run_phase(phase)
+        if "streams" in self.phases and self.setup(["streams"], None):
+            self.run_phase("streams")
+        self.stop_server()
+        return self.results
+
+    def setup(self, phases: list[str], upstream: str | None) -> bool:
+        """Start a fresh server (and for `upstream=None` the holding upstream); on failure record it for `phases`."""
+        try:
+            if upstream is None:
+                assert self.fake is not None
+                upstream = self.fake.url
+                if self.hold_upstream == "light":
+                    prefix = self.answer_prefix() if self.hold_state == "answer" else b""
+                    nofile = 2 * self.plan.streams + 1000
+                    self.holder = HoldProcess(TOKEN, heartbeat=self.plan.heartbeat, prefix=prefix, nofile=nofile)
+                    upstream = self.holder.url
+            # A fresh worker per group: the streams' memory baseline is not inflated by the CPU phase's frames.
+            self.start_server("b" if self.holder else "a", upstream)
+            return True
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            for phase in phases:
+                self.results[phase] = {"error": f"setup failed: {exc.__class__.__name__}: {exc}"}
+            return False
+
+    def answer_prefix(self) -> bytes:
+        """The frames of a real fake answer up to (not including) COMPLETED: a stream caught mid-answer."""
+        assert self.fake is not None
+        self.fake.set_reply(Reply(answer=SHORT_ANSWER, chunk_size=1000))
+        raw, _, _, _ = self.direct.capture()
+        events = list(sse_events(iter(raw), b"\r\n\r\n"))
+        kept = []
+        for event in events:
+            if b'"status":"COMPLETED"' in event or event.startswith(b"event: end_of_stream"):
+                break
+            kept.append(event + b"\r\n\r\n")
+        return b"".join(kept)
+
+    def run_phase(self, name: str) -> None:
+        if self.left() < 3:
+            self.results[name] = {"skipped": "time budget spent"}
+            return
+        print(f"[{time.monotonic() - self.started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
+        try:
+            for child in (self.fake, self.holder):
+                if child is not None:
+                    child.reset()
+            self.results[name] = getattr(self, f"phase_{name}")()
+        except Exception as exc:  # one broken phase must not lose the others
+            traceback.print_exc(file=sys.stderr)
+            tail = self.server.log_tail(15) if self.server else ""
+            self.results[name] = {"error": f"{exc.__class__.__name__}: {exc}", "gunicorn_log_tail": tail}
+
+    # ---- 1. non-streamed latency ----------------------------------------------------------------
+
+    def phase_latency(self) -> dict[str, Any]:
+        return self.paired(self.direct.whole, self.api.whole, self.plan.requests, self.plan.warmup)
+
+    # ---- 2. time to first token ---------------------------------------------------------------
+
+    def phase_ttft(self) -> dict[str, Any]:
+        return self.paired(self.direct.first_text, self.api.first_token, self.plan.ttft, max(self.plan.warmup // 2, 5))
+
+    def paired(
+        self, direct_call: Callable[[], float], server_call: Callable[[], float], count: int, warmup: int
+    ) -> dict[str, Any]:
+        """Time `count` pairs of calls (the small answer), alternating which side goes first; add CPU figures."""
+        assert self.fake is not None
+        self.fake.set_reply(Reply(answer=SHORT_ANSWER, chunk_size=1000))
+        end = time.monotonic() + self.left(self.plan.phase_seconds)
+        for _ in range(warmup):
+            direct_call()
+            server_call()
+        direct: list[float] = []
+        server: list[float] = []
+        worker0, fake0 = self.worker_cpu(), cpu_seconds(self.fake.process)
+        for i in range(count):
+            if time.monotonic() > end:
+                break
+            # Alternate who goes first, so both sides see the same noise.
+            if i % 2:
+                direct.append(direct_call())
+                server.append(server_call())
+            else:
+                server.append(server_call())
+                direct.append(direct_call())
+        worker_cpu = self.worker_cpu() - worker0
+        fake_cpu = cpu_seconds(self.fake.process) - fake0
+        result = side_by_side(direct, server)
+        if server:
+            result["worker_cpu_ms_per_request"] = round(worker_cpu / len(server) * 1e3, 3)
+            # The fake served both sides: two asks per pair.
+            result["fake_cpu_ms_per_ask"] = round(fake_cpu / (2 * len(server)) * 1e3, 3)
+        return result
+
+    # ---- 3. CPU per streamed chunk -------------------------------------------------------------
+
+    def calibrate_chunk_size(self) -> int:
+        """The Reply chunk_size whose answer frames come out at `frame_bytes` on the wire (measured)."""
+        assert self.fake is not None
+        probe = 1000
+        self.fake.set_reply(Reply(answer=prose(probe * 12), chunk_size=probe))
+        _, sizes, _, _ = self.direct.capture()
+        # Answer frames carry each chunk twice (ask_text_0_markdown and ask_text): size = envelope + 2 * chunk.
+        answer_frames = sorted(sizes)[len(sizes) // 2 - 1 : len(sizes) // 2 + 2]
+        overhead = statistics.median(answer_frames) - 2 * probe
+        return max(64, round((self.plan.frame_bytes - overhead) / 2))
+
+    def phase_cpu(self) -> dict[str, Any]:
+        assert self.fake is not None
+        plan = self.plan
+        chunk_size = self.calibrate_chunk_size()
+        self.fake.reset()
+        self.fake.set_reply(Reply(answer=prose(chunk_size * plan.cpu_frames), chunk_size=chunk_size))
+        # Reference: the same stream read directly, decoded minimally (SSE split + orjson) in this process.
+        raw, sizes, direct_cpu, direct_wall = self.direct.capture()
+        answer_sizes = sorted(sizes[4:-2]) or sorted(sizes)
+        frames = len(sizes) - 1  # the last event is end_of_stream
+        self.fake.reset()
+        end = time.monotonic() + self.left(plan.phase_seconds + 20)
+        worker0, fake0 = self.worker_cpu(), cpu_seconds(self.fake.process)
+        t0 = time.perf_counter()
+        chunks = size = streams = 0
+        complete = True
+        while streams < plan.cpu_streams and time.monotonic() < end:
+            count, nbytes, done = self.api.stream_chunks()
+            chunks += count
+            size += nbytes
+            streams += 1
+            complete = complete and done
+        wall = time.perf_counter() - t0
+        worker_cpu = self.worker_cpu() - worker0
+        fake_cpu = cpu_seconds(self.fake.process) - fake0
+        self.fake.reset()
+        short = self.cpu_short_streams(chunk_size, end)
+        result: dict[str, Any] = {
+            "chunk_size_chars": chunk_size,
+            "upstream_frame_bytes_p50": int(pct(answer_sizes, 0.5)),
+            "upstream_frame_bytes_p10_p90": [int(pct(answer_sizes, 0.1)), int(pct(answer_sizes, 0.9))],
+            "upstream_final_frame_bytes": max(sizes),
+            "upstream_frames_per_stream": frames,
+            "streams": streams,
+            "all_ended_with_done": complete,
+            "content_chunks": chunks,
+            "client_bytes_per_chunk": round(size / chunks) if chunks else None,
+            "worker_cpu_s": round(worker_cpu, 3),
+            "wall_s": round(wall, 3),
+            "worker_cpu_us_per_chunk": round(worker_cpu / chunks * 1e6, 1) if chunks else None,
+            "worker_cpu_us_per_upstream_frame": round(worker_cpu / (frames * streams) * 1e6, 1) if streams else None,
+            "direct_decode_us_per_frame": round(direct_cpu / frames * 1e6, 1),
+            "direct_wall_us_per_frame": round(direct_wall / frames * 1e6, 1),
+            "fake_cpu_us_per_frame": round(fake_cpu / (frames * streams) * 1e6, 1) if streams else None,
+        }
+        result["short_streams"] = short
+        result["offline_breakdown"] = offline_breakdown(raw, self.profile)
+        result["realistic"] = self.cpu_realistic(end)
+        return result
+
+    def cpu_realistic(self, end: float) -> dict[str, Any]:
+        """4 KB frames shaped like real ones: a small answer delta (REALISTIC_DELTA chars) plus envelope and
+        metadata, as Perplexity sends with send_back_text off. The bulk figure above instead puts ~1.7 KB of new
+        answer text in every frame, which makes per-chunk costs scale with text rather than with frames."""
+        assert self.fake is not None
+        frames = realistic_frames(self.plan.cpu_frames, REALISTIC_DELTA, self.plan.frame_bytes)
+        self.fake.set_reply(Reply(frames=frames))
+        self.api.stream_chunks()  # warm up
+        worker0 = self.worker_cpu()
+        chunks = streams = 0
+        while streams < self.plan.cpu_streams and time.monotonic() < end:
+            chunks += self.api.stream_chunks()[0]
+            streams += 1
+        worker_cpu = self.worker_cpu() - worker0
+        self.fake.reset()
+        sizes = sorted(len(orjson.dumps(f)) for f in frames[1:-2])
+        return {
+            "delta_chars": REALISTIC_DELTA,
+            "frame_bytes_p50": sizes[len(sizes) // 2],
+            "frames_per_stream": len(frames) - 1,
+            "streams": streams,
+            "content_chunks": chunks,
+            "worker_cpu_us_per_chunk": round(worker_cpu / chunks * 1e6, 1) if chunks else None,
+        }
+
+    def cpu_short_streams(self, chunk_size: int, end: float) -> dict[str, Any]:
+        """The same frames in streams a tenth as long: per-chunk cost that grows with the answer shows here."""
+        assert self.fake is not None
+        frames = max(20, self.plan.cpu_frames // 10)
+        self.fake.set_reply(Reply(answer=prose(chunk_size * frames), chunk_size=chunk_size))
+        worker0 = self.worker_cpu()
+        chunks = streams = 0
+        while streams < 10 * self.plan.cpu_streams and time.monotonic() < end:
+            chunks += self.api.stream_chunks()[0]
+            streams += 1
+        worker_cpu = self.worker_cpu() - worker0
+        self.fake.reset()
+        return {
+            "frames_per_stream": frames,
+            "streams": streams,
+            "content_chunks": chunks,
+            "worker_cpu_us_per_chunk": round(worker_cpu / chunks * 1e6, 1) if chunks else None,
+        }
+
+    # ---- 4. open streams per worker ------------------------------------------------------------
+
+    def hold_reply(self, seconds: float) -> Reply:
+        """A stream that sends its headers, then only heartbeats for `seconds` (the client leaves first)."""
+        return Reply(
+            answer=SHORT_ANSWER, chunk_size=1000, first_byte_delay=seconds, heartbeat_every=self.plan.heartbeat
+        )
+
+    def phase_streams(self) -> dict[str, Any]:
+        assert self.fake is not None and self.server is not None and self.worker is not None
+        plan = self.plan
+        cap = self.left(plan.open_seconds + 25)
+        upstream: ChildProcess = self.holder or self.fake
+        self.fake.set_reply(self.hold_reply(cap + 30))
+        request = self.api.raw_stream_request(self.server.port)
+        # Warm the streaming path (imports, pools, first greenlets) before the memory baseline.
+        warm = Herd(self.server.port, request)
+        warm.open(20, ramp=20, deadline=time.monotonic() + 10)
+        warm.pump(0.3)
+        warm.close()
+        upstream.reset()
+        time.sleep(0.5)
+        rss0, fds0 = self.worker.memory_info().rss, self.worker.num_fds()
+        checkpoints: list[tuple[int, int]] = [(0, rss0)]
+        step = max(1, plan.streams // 10)
+
+        def progress(herd: Herd) -> None:
+            if herd.answered >= checkpoints[-1][0] + step:
+                assert self.worker is not None
+                checkpoints.append((herd.answered, self.worker.memory_info().rss))
+
+        herd = Herd(self.server.port, request)
+        try:
+            t0 = time.monotonic()
+            herd.open(plan.streams, ramp=plan.ramp, deadline=t0 + min(plan.open_seconds, cap), on_progress=progress)
+            open_s = time.monotonic() - t0
+            herd.pump(min(2.0, self.left()))  # settle
+            window = max(plan.heartbeat * 3, 1.0)
+            w0, f0, since = self.worker_cpu(), cpu_seconds(upstream.process), time.monotonic()
+            herd.pump(window)
+            idle_cpu = self.worker_cpu() - w0
+            fake_cpu = cpu_seconds(upstream.process) - f0
+            alive = herd.alive_since(since)
+            rss1, fds1 = self.worker.memory_info().rss, self.worker.num_fds()
+            upstream_open = upstream.open_streams()
+            held = herd.held
+            checkpoints.append((held, rss1))
+            result: dict[str, Any] = {
+                "target": plan.streams,
+                "upstream": "light asyncio holder" if self.holder else "fake",
+                "state": self.hold_state if self.holder else "headers",
+                "answered": herd.answered,
+                "held": held,
+                "alive_in_window": alive,
+                "failed": herd.failed,
+                "ended_by_server": herd.ended,
+                "errors": dict(herd.errors),
+                "first_error": herd.first_error[:300],
+                "upstream_open": upstream_open,
+                "open_seconds": round(open_s, 2),
+                "worker_rss_before_mib": round(rss0 / 2**20, 1),
+                "worker_rss_with_mib": round(rss1 / 2**20, 1),
+                "kib_per_stream": round((rss1 - rss0) / 1024 / held, 1) if held else None,
+                "kib_per_stream_slope": slope_kib(checkpoints),
+                "worker_fds_per_stream": round((fds1 - fds0) / held, 2) if held else None,
+                "heartbeat_window_s": window,
+                "worker_cpu_pct_holding": round(idle_cpu / window * 100, 1),
+                "worker_cpu_us_per_stream_second": round(idle_cpu / window / held * 1e6, 1) if held else None,
+                "upstream_cpu_pct_holding": round(fake_cpu / window * 100, 1),
+            }
+            # Everyone leaves (FIN): how long until the upstream side is back to zero, at this scale.
+            herd.abort(rst=False)
+            result["release_all_fin"] = self.wait_released(upstream, upstream_open, time.monotonic())
+            return result
+        finally:
+            herd.close()
+            upstream.reset()
+
+    # ---- 5. upstream release after the client leaves ------------------------------------------
+
+    def wait_released(self, upstream: ChildProcess, before: int, t0: float) -> dict[str, Any]:
+        """Poll the upstream's open-stream gauge from `t0` until it is 0; when did half / all of `before` go."""
+        limit = max(10.0, 3 * self.plan.heartbeat + 5)
+        half = all_gone = None
+        now = remaining = before
+        while (now := time.monotonic()) - t0 < limit:
+            remaining = upstream.open_streams()
+            if half is None and remaining <= before / 2:
+                half = now - t0
+            if remaining == 0:
+                all_gone = now - t0
+                break
+            time.sleep(0.005)
+        return {
+            "streams": before,
+            "p50_s": round(half, 3) if half is not None else None,
+            "max_s": round(all_gone, 3) if all_gone is not None else None,
+            "still_open": remaining,
+            "waited_s": round(now - t0, 2),
+        }
+
+    def phase_release(self) -> dict[str, Any]:
+        assert self.fake is not None and self.server is not None
+        plan = self.plan
+        request = self.api.raw_stream_request(self.server.port)
+        result: dict[str, Any] = {"heartbeat_s": plan.heartbeat, "limit_s": plan.heartbeat + TARGET["release_extra_s"]}
+        for mode in ("rst", "fin"):
+            if self.left() < 5:
+                result[mode] = {"skipped": "time budget spent"}
+                continue
+            self.fake.reset()
+            self.fake.set_reply(self.hold_reply(60))
+            herd = Herd(self.server.port, request)
+            try:
+                # Open the streams in batches spread over one heartbeat interval, so their heartbeats (the
+                # server's only writes, hence its only chance to notice a departed client) fall at every phase.
+                end = time.monotonic() + min(20, self.left())
+                for batch in range(1, STAGGER + 1):
+                    herd.open(plan.release * batch // STAGGER, ramp=plan.ramp, deadline=end)
+                    herd.pump(plan.heartbeat / STAGGER)
+                herd.pump(0.5)  # the streams are flowing (heartbeats reach the client)
+                before = self.fake.open_streams()
+                t0 = time.monotonic()
+                herd.abort(rst=mode == "rst")
+                result[mode] = {"answered": herd.answered, **self.wait_released(self.fake, before, t0)}
+            finally:
+                herd.close()
+        self.fake.reset()
+        return result
+
+
+def side_by_side(direct: list[float], server: list[float]) -> dict[str, Any]:
+    """Latency summaries of both sides plus the added p50/p99 and the p50 ratio."""
+    d, s = summary_ms(direct), summary_ms(server)
+    return {
+        "direct": d,
+        "server": s,
+        "added_p50_ms": round(s["p50_ms"] - d["p50_ms"], 3),
+        "added_p99_ms": round(s["p99_ms"] - d["p99_ms"], 3),
+        "ratio_p50": round(s["p50_ms"] / d["p50_ms"], 2) if d["p50_ms"] else None,
+    }
+
+
+def slope_kib(points: list[tuple[int, int]]) -> float | None:
+    """Least-squares slope of RSS (bytes) over open streams, in KiB per stream."""
+    if len(points) < 3 or points[-1][0] == points[0][0]:
+        return None
+    xs, ys = [float(p[0]) for p in points], [float(p[1]) for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var / 1024, 1) if var else None
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts, under a minute")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--requests", type=int, help="non-streamed requests per side")
+    parser.add_argument("--ttft", type=int, help="streamed requests per side for time to first token")
+    parser.add_argument("--frames", type=int, help="upstream frames per stream in the CPU phase")
+    parser.add_argument("--frame-bytes", type=int, help="target size of one upstream answer frame (bytes)")
+    parser.add_argument("--cpu-streams", type=int, help="streams read through the server in the CPU phase")
+    parser.add_argument("--streams", type=int, help="concurrent open streams to hold (default 5000)")
+    parser.add_argument("--release-streams", type=int, help="streams abandoned in the release phase")
+    parser.add_argument("--heartbeat", type=float, help="the server's HEARTBEAT_INTERVAL in seconds (default 1)")
+    parser.add_argument("--budget", type=float, help="overall time budget in seconds")
+    parser.add_argument("--profile", action="store_true", help="cProfile the offline replay of the CPU phase")
+    parser.add_argument(
+        "--hold-upstream",
+        choices=("light", "fake"),
+        default="light",
+        help="upstream for the open-streams phase: the light asyncio holder (default) or the fake itself",
+    )
+    parser.add_argument(
+        "--hold-state",
+        choices=("answer", "headers"),
+        default="answer",
+        help="held streams are mid-answer (the first frames of an answer, default) or have only headers so far",
+    )
+    return parser.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    plan = Plan(**(QUICK if args.quick else {}))
+    for name, attr in (
+        ("requests", "requests"),
+        ("ttft", "ttft"),
+        ("frames", "cpu_frames"),
+        ("frame_bytes", "frame_bytes"),
+        ("cpu_streams", "cpu_streams"),
+        ("streams", "streams"),
+        ("release_streams", "release"),
+        ("heartbeat", "heartbeat"),
+        ("budget", "budget"),
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(plan, attr, value)
+    if not 0 < plan.requests <= 20000 or not 0 < plan.streams <= 20000 or not 0 < plan.cpu_frames <= 10000:
+        raise SystemExit("counts out of range (requests/streams <= 20000, frames <= 10000)")
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if (ROOT / ".env").exists():
+        print("note: .env exists and the app loads it; settings the bench sets explicitly still win", file=sys.stderr)
+    # This process holds one socket per stream; the children raise their own limits (2 per stream + margin).
+    nofile = raise_nofile(plan.streams * 2 + 1000)
+    if "streams" in phases and nofile < plan.streams + 200:
+        print(f"ulimit -n is {nofile}: holding {nofile - 200} streams instead of {plan.streams}", file=sys.stderr)
+        plan.streams = max(1, nofile - 200)
+    bench = Bench(plan, phases, profile=args.profile, hold_upstream=args.hold_upstream, hold_state=args.hold_state)
+    report: dict[str, Any] = {"machine": machine(), "plan": asdict(plan), "nofile": nofile}
+    try:
+        report["results"] = bench.run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        report["results"] = bench.results
+    finally:
+        bench.close()
+    report["elapsed_s"] = round(time.monotonic() - bench.started, 1)
+    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = report["results"]
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = sys.stderr if args.json == "-" else sys.stdout  # `--json -`: stdout carries only the JSON
+    print(file=out)
+    print(f"{command.strip()}  ({report['elapsed_s']} s; {report['machine']['cpus']} CPUs, "
+          f"Python {report['machine']['python']}, load {report['machine']['loadavg_start']})", file=out)  # fmt: skip
+    print(table(results, plan.heartbeat), file=out)
+    extra = details(results)
+    if extra:
+        print(extra, file=out)
+    profile = ((results.get("cpu") or {}).get("offline_breakdown") or {}).get("profile")
+    if profile:
+        print(profile, file=out)
+    if args.json:
+        text = json.dumps(report, indent=2, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
