@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from perplexity.stream import AskStream
 from schemas import (
     ChatCompletionRequestSchema,
     ChatCompletionSchema,
@@ -26,6 +25,9 @@ from .service import PreparedAsk
 from .sse import chat_chunks
 from .state import state
 from .turn import ChatTurn, TurnLimits
+
+if TYPE_CHECKING:  # views hand the stream on; only the service layer works with perplexity/
+    from perplexity.stream import AskStream
 
 __all__ = [
     "bp",
@@ -149,9 +151,8 @@ def create_chat_completion() -> Response:
         return stream_response(chunks, stream, headers)
     read_whole(stream, turn)
     remember(turn)
-    return Response(
-        orjson.dumps(completion(turn, meta, transcript_text(prepared))), mimetype="application/json", headers=headers
-    )
+    body = _completion_schema.dump(completion(turn, meta, transcript_text(prepared)))
+    return Response(orjson.dumps(body), mimetype="application/json", headers=headers)
 
 
 @bp.get("/conversations")
