@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import random
 import time
@@ -28,7 +30,16 @@ from .session import SessionCookie
 from .status import error_for_status
 from .stream import AskStream
 from .transport import Transport, TransportResponse, make_transport, resolve_impersonation
-from .types import AskOptions, AskResult, ModeQuota, RateLimitStatus, SessionInfo, ThreadIds
+from .types import (
+    AskOptions,
+    AskResult,
+    ModeQuota,
+    RateLimitStatus,
+    SessionInfo,
+    ThreadExport,
+    ThreadIds,
+    ThreadSummary,
+)
 from .uploads import MAX_UPLOAD_BYTES, attachment_url, presign_body, presigned_target, validate_upload
 
 __all__ = ["DEFAULT_BASE_URL", "PerplexityClient"]
@@ -175,6 +186,36 @@ class PerplexityClient:
             what="thread delete",
             thread_call=True,
         ).close()
+
+    def export_thread(self, thread: ThreadIds) -> ThreadExport:
+        """The thread as Markdown, named by its title (`/rest/thread/export`)."""
+        answer = self._post_json(
+            "/rest/thread/export", {"thread_uuid": thread.backend_uuid, "format": "md"}, what="thread export"
+        )
+        if not isinstance(answer, dict) or not isinstance(answer.get("file_content_64"), str):
+            raise MalformedFrameError("Perplexity's thread export answer has no file content.")
+        try:
+            markdown = base64.b64decode(answer["file_content_64"]).decode("utf-8", "replace")
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedFrameError("Perplexity's thread export is not valid base64.") from exc
+        return ThreadExport(filename=str(answer.get("filename") or "thread.md"), markdown=markdown)
+
+    def list_threads(self, *, limit: int = 20, offset: int = 0) -> list[ThreadSummary]:
+        """The account's library, newest first (incognito asks never appear here)."""
+        body = {"limit": limit, "ascending": False, "offset": offset, "search_term": ""}
+        answer = self._post_json("/rest/thread/list_ask_threads", body, what="thread list")
+        items = answer if isinstance(answer, list) else []
+        return [
+            ThreadSummary(
+                title=str(item.get("title") or ""),
+                slug=item.get("slug"),
+                context_uuid=item.get("context_uuid"),
+                entry_uuid=item.get("uuid") or item.get("backend_uuid"),
+                last_query_at=item.get("last_query_datetime"),
+            )
+            for item in items
+            if isinstance(item, dict)
+        ]
 
     # ---- uploads --------------------------------------------------------------------------
 

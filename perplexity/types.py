@@ -24,7 +24,9 @@ __all__ = [
     "SessionInfo",
     "Source",
     "SourcesUpdate",
+    "ThreadExport",
     "ThreadIds",
+    "ThreadSummary",
     "ThreadUpdate",
     "TitleUpdate",
 ]
@@ -258,3 +260,22 @@ class RateLimitStatus:
 
     modes: dict[str, ModeQuota]
     free_queries: ModeQuota | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadExport:
+    """A thread exported as Markdown (`/rest/thread/export`)."""
+
+    filename: str
+    markdown: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSummary:
+    """One entry of the account's thread library."""
+
+    title: str
+    slug: str | None = None
+    context_uuid: str | None = None
+    entry_uuid: str | None = None
+    last_query_at: str | None = None

@@ -113,3 +113,31 @@ def test_every_chunking_of_a_capture_gives_the_same_answer(path):
         deltas = [e.text for f in frames if f for e in assembler.feed(f) if isinstance(e, AnswerDelta)]
         if assembler.completed is not None:
             assert "".join(deltas) == assembler.completed.answer == assembler.completed.final_answer
+
+
+EXPORT = CAPTURES / "14790897-perplexity-export__rest-thread-export__response__2025-09.json"
+THREAD_LIST = (
+    CAPTURES / "14790897-perplexity-export__rest-collections-list_collection_threads__response-truncated__2025-07.json"
+)
+
+
+def test_thread_export_capture_decodes_to_markdown(fake, client):
+    first = client.ask_complete("one")
+    fake.exports[first.thread.backend_uuid] = json.loads(EXPORT.read_text())
+    export = client.export_thread(first.thread)
+    assert export.filename.endswith(".md")
+    assert export.markdown.startswith('<img src="https://r2cdn.perplexity.ai/')
+    assert "[^1_1]" in export.markdown  # footnote citations survive
+    assert fake.requests[-1].json == {"thread_uuid": first.thread.backend_uuid, "format": "md"}
+
+
+def test_the_truncated_thread_list_capture_is_a_clear_error_not_a_crash(fake, client):
+    from perplexity.errors import MalformedFrameError
+
+    raw = THREAD_LIST.read_bytes()  # cut off mid-item by its author: not valid JSON
+    fake.canned["/rest/thread/list_ask_threads"] = (200, "application/json", raw)
+    with pytest.raises(MalformedFrameError, match="thread list"):
+        client.list_threads()
+    del fake.canned["/rest/thread/list_ask_threads"]
+    client.ask_complete("one")
+    assert [t.title for t in client.list_threads()] == ["one"]

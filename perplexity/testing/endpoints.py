@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -69,6 +70,22 @@ def delete_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> No
         return h.send_json(403, {})
     h.fake.delete_thread(thread.context_uuid)
     h.send_json(200, {"status": "success"})
+
+
+@route("POST", r"/rest/thread/export")
+def export_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+    """`{"file_content_64", "filename"}` for a known entry (a seeded `fake.exports` answer wins); 403 `{}` else."""
+    if not h.logged_in():
+        return h.not_logged_in()
+    entry = str((req.json or {}).get("thread_uuid") or "")
+    if entry in h.fake.exports:
+        return h.send_json(200, h.fake.exports[entry])
+    thread = h.fake.thread_of_entry(entry)
+    if thread is None:
+        return h.send_json(403, {})
+    markdown = f"# {thread.title}\n\n" + "".join(f"Entry {uuid}\n\n" for uuid in thread.entries)
+    encoded = base64.b64encode(markdown.encode()).decode()
+    h.send_json(200, {"file_content_64": encoded, "filename": f"{thread.title}.md"})
 
 
 @route("POST", r"/rest/thread/list_ask_threads")

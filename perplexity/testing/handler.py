@@ -81,6 +81,10 @@ class FakeHandler(BaseHTTPRequestHandler):
             fault = self.fake.take_path_fault(request.path)
             if fault is not None and self.apply_endpoint_fault(fault):
                 return
+            if request.path in self.fake.canned:
+                status, content_type, body = self.fake.canned[request.path]
+                self.send_bytes(status, body, [("Content-Type", content_type)])
+                return
             for methods, pattern, func in _ROUTES:
                 match = pattern.fullmatch(request.path)
                 if match and self.command in methods:

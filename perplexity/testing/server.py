@@ -67,6 +67,10 @@ class FakePerplexity:
         self.uploads: dict[str, tuple[str, str, bytes]] = {}
         self.presigns: dict[str, Presign] = {}
         self.terminated: list[str] = []
+        # path -> (status, content type, body): answered verbatim, e.g. to replay a captured response.
+        self.canned: dict[str, tuple[int, str, bytes]] = {}
+        # entry (backend_uuid) -> the /rest/thread/export answer to give for it instead of a generated one.
+        self.exports: dict[str, dict[str, Any]] = {}
         self.rotate_on_session = False
         self.session_valid = True
         self.models_schema = "v1"
