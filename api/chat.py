@@ -22,7 +22,7 @@ from .completion import CompletionMeta, completion
 from .errors import APIError
 from .quotas import check_stream_cap
 from .service import PreparedAsk
-from .sse import chat_chunks
+from .sse import chat_chunks, client_watcher
 from .state import state
 from .turn import ChatTurn, TurnLimits
 
@@ -144,6 +144,7 @@ def create_chat_completion() -> Response:
             prompt_text=transcript_text(prepared),
             include_usage=include_usage,
             heartbeat=float(current_app.config["HEARTBEAT_INTERVAL"]),
+            gone=client_watcher(request.environ),
             on_done=remember,
             on_error=server.record_stream_failure,
             on_first_token=lambda: server.metrics.ttft.observe(time.perf_counter() - started),

@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g
+from flask import Blueprint, Response, current_app, g, request
 
 from perplexity.stream import AskStream
 from schemas.completions import CompletionRequestSchema
@@ -30,7 +30,7 @@ from .chat import completion_meta, json_body, read_whole, reserve_stream, stream
 from .completion import CompletionMeta, extras, usage
 from .errors import APIError
 from .service import PreparedAsk
-from .sse import DONE, PING, encode, error_event, turn_pieces
+from .sse import DONE, PING, ClientGone, client_watcher, encode, error_event, turn_pieces
 from .state import ServerState, state
 from .turn import ChatTurn
 
@@ -87,13 +87,14 @@ def text_chunks(
     heartbeat: float,
     on_error: Callable[[BaseException], None] | None = None,
     on_first_token: Callable[[], None] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The SSE body: the echoed prompt, text chunks, a finish chunk, an optional usage chunk, then [DONE]."""
     yield encode(_object(meta, [_choice(echo, None)])) if echo else PING  # flushes the headers at once
     fields: dict[str, Any] = {}
     first_token = False
     try:
-        for pieces in turn_pieces(stream, turn, heartbeat):
+        for pieces in turn_pieces(stream, turn, heartbeat, gone):
             if pieces is None:
                 yield PING
                 continue
@@ -109,6 +110,8 @@ def text_chunks(
             if out:
                 yield b"".join(out)
         yield _closing(turn, meta, prompt_text, include_usage)
+    except ClientGone:
+        return
     except Exception as exc:
         if on_error is not None:
             on_error(exc)
@@ -146,6 +149,7 @@ def create_completion() -> Response:
             echo=echo,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
             heartbeat=float(current_app.config["HEARTBEAT_INTERVAL"]),
+            gone=client_watcher(request.environ),
             on_error=server.record_stream_failure,
             on_first_token=lambda: server.metrics.ttft.observe(time.perf_counter() - started),
         )

@@ -29,7 +29,7 @@ from .response_objects import (
     response_usage,
     url_citations,
 )
-from .sse import PING, encode, turn_pieces
+from .sse import PING, ClientGone, encode, turn_pieces
 from .turn import ChatTurn, Piece
 
 __all__ = ["ResponseEvents", "response_events"]
@@ -185,6 +185,7 @@ def response_events(
     on_failed: Callable[[dict[str, Any]], None],
     on_error: Callable[[BaseException], None] | None = None,
     on_first_token: Callable[[], None] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The SSE body of a streamed response; it always ends in response.completed, .incomplete or .failed.
 
@@ -194,7 +195,7 @@ def response_events(
     yield events.start()
     first_token = False
     try:
-        for pieces in turn_pieces(stream, turn, heartbeat):
+        for pieces in turn_pieces(stream, turn, heartbeat, gone):
             if pieces is None:
                 yield PING
                 continue
@@ -208,6 +209,8 @@ def response_events(
         closing, response = events.finish(turn, prompt_text)
         on_done(turn, response)
         yield closing + events.final(response)
+    except ClientGone:
+        return
     except Exception as exc:
         if on_error is not None:
             on_error(exc)

@@ -18,6 +18,7 @@ from .response_events import ResponseEvents, response_events
 from .response_input import chain_history, locate_error, read_input, stored_items
 from .response_objects import ResponseMeta, echo_fields, response_object, response_status, response_usage, whole_output
 from .service import PreparedAsk
+from .sse import client_watcher
 from .state import ServerState, state
 from .turn import ChatTurn
 
@@ -107,6 +108,7 @@ def create_response() -> Response:
             ResponseEvents(meta),
             prompt_text=prompt_text,
             heartbeat=float(current_app.config["HEARTBEAT_INTERVAL"]),
+            gone=client_watcher(request.environ),
             on_done=done,
             on_failed=keep,
             on_error=server.record_stream_failure,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -92,7 +94,36 @@ def _gevent_active() -> bool:
     return bool(module and module.is_module_patched("socket"))
 
 
-def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], None]) -> Iterator[list[Any] | None]:
+class ClientGone(Exception):
+    """The client closed its connection; the stream should end quietly (nothing can be sent any more)."""
+
+
+def client_watcher(environ: dict[str, Any]) -> Callable[[], bool]:
+    """A check whether the client has closed its end, from gunicorn's socket (always False elsewhere).
+
+    A WSGI server notices a vanished client only when a write fails, which after a FIN is the second
+    write: polling the socket on each heartbeat tick finds the FIN at the first tick instead.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+def with_heartbeats(
+    source: Iterable[Any],
+    interval: float,
+    close: Callable[[], None],
+    gone: Callable[[], bool] | None = None,
+) -> Iterator[list[Any] | None]:
     """Batches of items from `source`, read in a helper thread; None after `interval` s of silence.
 
     Under gevent the thread and queue are greenlet-based (monkey patching), so one stream costs a
@@ -105,6 +136,8 @@ def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], 
             try:
                 item = box.get(timeout=interval)
             except queue.Empty:
+                if gone is not None and gone():
+                    raise ClientGone from None
                 yield None
                 continue
             batch = [item]
@@ -126,9 +159,11 @@ def with_heartbeats(source: Iterable[Any], interval: float, close: Callable[[], 
         close()
 
 
-def turn_pieces(stream: AskStream, turn: ChatTurn, heartbeat: float) -> Iterator[list[Piece] | None]:
+def turn_pieces(
+    stream: AskStream, turn: ChatTurn, heartbeat: float, gone: Callable[[], bool] | None = None
+) -> Iterator[list[Piece] | None]:
     """What `turn` makes of each upstream batch (None after `heartbeat` s of silence); stops once it finished."""
-    batches = with_heartbeats(stream, heartbeat, stream.close)
+    batches = with_heartbeats(stream, heartbeat, stream.close, gone)
     try:
         for batch in batches:
             if batch is None:
@@ -167,13 +202,14 @@ def chat_chunks(
     on_done: Callable[[ChatTurn], None],
     on_error: Callable[[BaseException], None] | None = None,
     on_first_token: Callable[[], None] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
     yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
     started = first_token = False
     fields: dict[str, Any] = {}
     try:
-        for batch in with_heartbeats(stream, heartbeat, stream.close):
+        for batch in with_heartbeats(stream, heartbeat, stream.close, gone):
             if batch is None:
                 yield PING
                 continue
@@ -201,6 +237,8 @@ def chat_chunks(
                 break
         yield _closing(turn, meta, prompt_text, include_usage, started)
         on_done(turn)
+    except ClientGone:
+        return
     except Exception as exc:
         if on_error is not None:
             on_error(exc)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 import requests
@@ -266,12 +264,24 @@ def test_client_disconnect_closes_the_upstream(fake, live_server):
     )
     next(response.iter_content(64))
     assert fake.wait_until(lambda: fake.open_streams == 1)
-    started = time.monotonic()
     response.close()
-    # Noticed on the next write: within one heartbeat (0.5 s) or frame, plus a second of slack.
+    # Noticed on the next write (a frame or a 0.5 s heartbeat); the bound here is liveness, not speed:
+    # scripts/bench.py measures how fast.
     assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
-    assert time.monotonic() - started < 2.5
     assert fake.streams_closed_by_client == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+def test_a_client_leaving_during_upstream_silence_releases_the_upstream(fake, live_server, path):
+    """No frame arrives to write: the heartbeat tick sees the client's FIN and closes the upstream."""
+    fake.enqueue(Reply(answer=ANSWER, first_byte_delay=30, heartbeat_every=0.2))
+    body = {"model": "perplexity-auto", "stream": True}
+    body.update({"messages": USER} if "chat" in path else {"input": "hi"} if "responses" in path else {"prompt": "hi"})
+    response = requests.post(live_server.url + path, json=body, stream=True, timeout=20)
+    next(response.iter_content(1))
+    assert fake.wait_until(lambda: fake.open_streams == 1)
+    response.close()
+    assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
 
 
 # ---- conversations ---------------------------------------------------------------------------
