@@ -30,6 +30,8 @@ class StopScanner:
         """Take the next piece of text; return what can be emitted now."""
         if self._stopped:
             return ""
+        if not self._stops:  # the common case: nothing to look for
+            return text
         buffer = self._held + text
         hit = self._first_hit(buffer)
         start = len(buffer) - self._partial_suffix(buffer)
