@@ -18,8 +18,6 @@ from schemas.common import (
     number,
     string,
 )
-
-# The message and content-part schemas live in schemas.messages; they stay importable from here.
 from schemas.messages import (
     ROLES,
     AudioPartSchema,
@@ -35,6 +33,9 @@ from schemas.messages import (
     UrlPartSchema,
     UrlSchema,
 )
+
+# The message and content-part schemas live in schemas.messages; they stay importable from here.
+from schemas.options import PerplexityOptionsSchema
 
 __all__ = [
     "ROLES",
@@ -54,7 +55,6 @@ __all__ = [
 ]
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
-CITATION_MODES = ("default", "markdown", "clean")
 MAX_STOP_SEQUENCES = 4
 MAX_METADATA_PAIRS = 16
 
@@ -196,40 +196,7 @@ class ToolChoiceField(fields.Field):
         raise self.make_error("invalid")
 
 
-class ApproximateLocationSchema(RequestPartSchema):
-    """`user_location.approximate` (OpenAI)."""
-
-    country = string()
-    region = string()
-    city = string()
-    timezone = string()
-
-
-class UserLocationSchema(RequestPartSchema):
-    """`web_search_options.user_location`: OpenAI's `{type, approximate}` or Perplexity's flat coordinates."""
-
-    type = string()
-    approximate = nested(ApproximateLocationSchema)
-    latitude = number(-90, 90)
-    longitude = number(-180, 180)
-    country = string()
-    region = string()
-    city = string()
-
-
-class WebSearchOptionsSchema(RequestPartSchema):
-    """`web_search_options` as OpenAI and Perplexity define it."""
-
-    search_context_size = choice("low", "medium", "high")
-    search_type = choice("fast", "pro", "auto")
-    user_location = nested(UserLocationSchema)
-    image_results_enhanced_relevance = boolean()
-
-
-# ---- the request --------------------------------------------------------------------------------
-
-
-class ChatCompletionRequestSchema(RequestPartSchema):
+class ChatCompletionRequestSchema(PerplexityOptionsSchema):
     """`POST /v1/chat/completions`; unknown fields are kept (SDK `extra_body` is how Perplexity options arrive)."""
 
     # Optional: the server's DEFAULT_MODEL applies when a request names none.
@@ -265,15 +232,5 @@ class ChatCompletionRequestSchema(RequestPartSchema):
     parallel_tool_calls = boolean()
     functions = array(nested(FunctionDefinitionSchema, allow_none=False))
     function_call = fields.Raw(allow_none=True)
-    web_search_options = nested(WebSearchOptionsSchema)
-    # Perplexity's official API names (docs.perplexity.ai; perplexity-py completion_create_params.py).
-    search_mode = choice("web", "academic", "sec")
-    search_recency_filter = choice("hour", "day", "week", "month", "year")
-    search_domain_filter = array(string(allow_none=False))
-    search_language_filter = array(string(allow_none=False))
-    return_related_questions = boolean()
-    return_images = boolean()
-    disable_search = boolean()
-    # This server's own options; None means "use the server's configured default".
-    citation_mode = choice(*CITATION_MODES, load_default=None)
+    # Perplexity's options (search_mode, search_recency_filter, ...) come from PerplexityOptionsSchema.
     conversation_id = string()

@@ -1,15 +1,52 @@
-"""Perplexity's own request options and this server's, shared by the Responses and legacy completions schemas."""
+"""Perplexity's own request options and this server's, shared by the chat, Responses and legacy request schemas."""
 
 from __future__ import annotations
 
-from schemas.chat import CITATION_MODES, WebSearchOptionsSchema
-from schemas.common import RequestPartSchema, array, boolean, choice, nested, string
+from schemas.common import RequestPartSchema, array, boolean, choice, nested, number, string
 
-__all__ = ["PerplexityOptionsSchema"]
+__all__ = [
+    "CITATION_MODES",
+    "ApproximateLocationSchema",
+    "PerplexityOptionsSchema",
+    "UserLocationSchema",
+    "WebSearchOptionsSchema",
+]
+
+CITATION_MODES = ("default", "markdown", "clean")
+
+
+class ApproximateLocationSchema(RequestPartSchema):
+    """`user_location.approximate` (OpenAI)."""
+
+    country = string()
+    region = string()
+    city = string()
+    timezone = string()
+
+
+class UserLocationSchema(RequestPartSchema):
+    """`web_search_options.user_location`: OpenAI's `{type, approximate}` or Perplexity's flat coordinates."""
+
+    type = string()
+    approximate = nested(ApproximateLocationSchema)
+    latitude = number(-90, 90)
+    longitude = number(-180, 180)
+    country = string()
+    region = string()
+    city = string()
+
+
+class WebSearchOptionsSchema(RequestPartSchema):
+    """`web_search_options` as OpenAI and Perplexity define it."""
+
+    search_context_size = choice("low", "medium", "high")
+    search_type = choice("fast", "pro", "auto")
+    user_location = nested(UserLocationSchema)
+    image_results_enhanced_relevance = boolean()
 
 
 class PerplexityOptionsSchema(RequestPartSchema):
-    """The same names `POST /v1/chat/completions` takes, so `ChatService.prepare` reads them alike."""
+    """Perplexity options every endpoint takes (chat, Responses, legacy), so `ChatService.prepare` reads them alike."""
 
     web_search_options = nested(WebSearchOptionsSchema)
     # Perplexity's official API names (docs.perplexity.ai; perplexity-py completion_create_params.py).
