@@ -71,6 +71,7 @@ class AnswerAssembler:
         self.bad_patches = 0
         self._changed: set[str] = set()
         self._envelope_ids: tuple[Any, ...] = ()
+        self._sources_cache: tuple[Any, int, tuple[Source, ...]] | None = None
         # usage -> (its chunk list, how many chunks were joined, the joined text)
         self._joined: dict[str, tuple[list[Any], int, str]] = {}
 
@@ -169,6 +170,8 @@ class AnswerAssembler:
         if not isinstance(field, str):
             return
         doc = self._docs.get((usage, field), {})
+        if usage in _SOURCE_USAGES:
+            self._sources_cache = None  # patches edit source lists in place, where identity proves nothing
         for op in diff.get("patches") or ():
             if field == "markdown_block" and not _appends_chunk(doc, op):
                 self._joined.pop(usage, None)  # anything but an append may change text already joined
@@ -208,7 +211,10 @@ class AnswerAssembler:
             return
         # Parsing the cumulative step list on every frame is what made the seed slow; skip it once
         # blocks carry the answer, unless it can hold something only it carries.
-        wanted = force or not self._block_answer or self.research
+        # At the end it is read for what blocks may lack (final citation order, a plain answer), but not
+        # when blocks already carry both the answer and the sources.
+        covered = self._block_answer and ("web_results", "web_result_block") in self._docs
+        wanted = (force and not covered) or not self._block_answer or self.research
         if not wanted and not (isinstance(text, str) and _CLARIFYING in text):
             return
         if isinstance(text, str) and text == self._last_text:
@@ -257,12 +263,22 @@ class AnswerAssembler:
             list(self._step_sources.values()),
         )
         for raw in candidates:
-            sources = extract.parse_sources(raw)
+            sources = self._parse_sources(raw)
             if sources:
                 if sources != self.sources:
                     self.sources = sources
                     events.append(SourcesUpdate(sources))
                 return
+
+    def _parse_sources(self, raw: Any) -> tuple[Source, ...]:
+        # Frames that touch only plan steps leave the web_results list object as it was: reuse its parse.
+        cached = self._sources_cache
+        if cached is not None and cached[0] is raw and cached[1] == (len(raw) if isinstance(raw, list) else -1):
+            return cached[2]
+        sources = extract.parse_sources(raw)
+        if isinstance(raw, list):
+            self._sources_cache = (raw, len(raw), sources)
+        return sources
 
     def _update_media(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
         raw = frame.get("media_items")

@@ -1,5 +1,6 @@
 """AnswerAssembler over hand-built frames of every answer format (captures are replayed in test_captures.py)."""
 
+import copy
 import json
 
 import pytest
@@ -359,3 +360,21 @@ def test_frames_after_completion_are_ignored():
         )
         == []
     )
+
+
+def test_a_source_replaced_in_place_by_a_patch_is_noticed():
+    def diff(*patches):
+        return frame(
+            blocks=[
+                {"intended_usage": "web_results", "diff_block": {"field": "web_result_block", "patches": list(patches)}}
+            ]
+        )
+
+    assembler, events = run(
+        [
+            diff({"op": "replace", "path": "", "value": {"web_results": copy.deepcopy(SOURCES)}}),
+            diff({"op": "replace", "path": "/web_results/0/url", "value": "https://changed.example/"}),
+        ]
+    )
+    updates = [e for e in events if isinstance(e, SourcesUpdate)]
+    assert [u.sources[0].url for u in updates] == ["https://one.example/", "https://changed.example/"]
