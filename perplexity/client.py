@@ -253,6 +253,7 @@ class PerplexityClient:
         headers = {
             "accept": "application/json",
             "accept-language": "en-US,en;q=0.9",
+            "accept-encoding": "gzip, deflate",
             "content-type": "application/json",
             "origin": self.base_url,
             "referer": self.base_url + "/",
