@@ -53,7 +53,7 @@ class AnswerAssembler:
         self._text_sources: Any = None
         self._step_sources: dict[str, Any] = {}
         self._block_answer = False
-        self._emitted = ""
+        self._parts: list[str] = []  # the answer handed out, in pieces (joined on demand)
         self._reasoning: list[str] = []
         self._reasoning_keys: set[str] = set()
         self._workflow_thinking: dict[str, int] = {}
@@ -72,13 +72,15 @@ class AnswerAssembler:
         self._changed: set[str] = set()
         self._envelope_ids: tuple[Any, ...] = ()
         self._sources_cache: tuple[Any, int, tuple[Source, ...]] | None = None
-        # usage -> (its chunk list, how many chunks were joined, the joined text)
-        self._joined: dict[str, tuple[list[Any], int, str]] = {}
+        # (usage, its chunk list, chunks handed out) while the answer follows that list append-only
+        self._tracked: tuple[str, list[Any], int] | None = None
 
     @property
     def answer(self) -> str:
         """The answer text handed out so far."""
-        return self._emitted
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     @property
     def reasoning(self) -> str:
@@ -174,7 +176,7 @@ class AnswerAssembler:
             self._sources_cache = None  # patches edit source lists in place, where identity proves nothing
         for op in diff.get("patches") or ():
             if field == "markdown_block" and not _appends_chunk(doc, op):
-                self._joined.pop(usage, None)  # anything but an append may change text already joined
+                self._untrack(usage)  # anything but an append may change text already handed out
             try:
                 doc = apply_patch(doc, [op])
             except (JsonPatchError, TypeError, IndexError, KeyError):
@@ -192,9 +194,9 @@ class AnswerAssembler:
                 offset = value.get("chunk_starting_offset")
                 offset = offset if isinstance(offset, int) and offset >= 0 else 0
                 if offset == len(kept):
-                    kept.extend(chunks)  # the usual delta: append in place, so the joined text stays valid
+                    kept.extend(chunks)  # the usual delta: append in place, so the tracked text stays valid
                 else:
-                    kept = kept[:offset] + chunks  # a repaint: a new list invalidates the joined text
+                    kept = kept[:offset] + chunks  # a repaint: a new list, so the fast path lets go of it
             value = {**value, "chunks": kept}
         self._docs[(usage, field)] = value
         self._note_block(usage, field)
@@ -348,7 +350,7 @@ class AnswerAssembler:
         for usage in _MARKDOWN_USAGES:
             doc = self._docs.get((usage, "markdown_block"))
             if isinstance(doc, dict):
-                text = self._markdown_text(usage, doc)
+                text = extract.markdown_text(doc)
                 if text:
                     return text
         workflow = self._docs.get(("workflow_root", "workflow_block"))
@@ -358,27 +360,52 @@ class AnswerAssembler:
                 return text
         return self._text_answer or None
 
-    def _markdown_text(self, usage: str, doc: dict[str, Any]) -> str | None:
-        """extract.markdown_text, but joining only the chunks added since the last frame (linear, not quadratic)."""
-        chunks = doc.get("chunks")
-        done = doc.get("progress") == "DONE" and isinstance(doc.get("answer"), str) and doc["answer"]
-        if done or not isinstance(chunks, list) or not chunks:
-            return extract.markdown_text(doc)
-        cached = self._joined.get(usage)
-        if cached is not None and cached[0] is chunks and cached[1] <= len(chunks):
-            text = cached[2] + "".join(c for c in chunks[cached[1] :] if isinstance(c, str))
-        else:
-            text = "".join(c for c in chunks if isinstance(c, str))
-        self._joined[usage] = (chunks, len(chunks), text)
-        return text
-
     def _update_answer(self, events: list[AskEvent], terminal: bool) -> None:
-        candidate = self._candidate(terminal)
-        # Only text that extends what was handed out goes out; a revision waits (or is reported).
-        if candidate and len(candidate) > len(self._emitted) and candidate.startswith(self._emitted):
-            delta = candidate[len(self._emitted) :]
-            self._emitted = candidate
+        delta = None if terminal or self.research else self._appended()
+        if delta is None:
+            # The general case: the best candidate as a whole; only text that extends what was handed out
+            # goes out, a revision waits (or is reported at the end).
+            candidate = self._candidate(terminal)
+            emitted = self.answer
+            if candidate and len(candidate) > len(emitted) and candidate.startswith(emitted):
+                delta = candidate[len(emitted) :]
+            self._track(candidate, emitted + (delta or ""))
+        if delta:
+            self._parts.append(delta)
             events.append(AnswerDelta(delta))
+
+    def _markdown_source(self) -> tuple[str, dict[str, Any]] | None:
+        for usage in _MARKDOWN_USAGES:
+            doc = self._docs.get((usage, "markdown_block"))
+            if isinstance(doc, dict):
+                return usage, doc
+        return None
+
+    def _appended(self) -> str | None:
+        """The fast path: the answer is a markdown chunk list that only grew; None when that is not so."""
+        source = self._markdown_source()
+        tracked = self._tracked
+        if source is None or tracked is None or tracked[0] != source[0]:
+            return None
+        chunks = source[1].get("chunks")
+        if chunks is not tracked[1] or tracked[2] > len(chunks) or source[1].get("progress") == "DONE":
+            return None
+        self._tracked = (tracked[0], chunks, len(chunks))
+        return "".join(c for c in chunks[tracked[2] :] if isinstance(c, str))
+
+    def _track(self, candidate: str | None, emitted: str) -> None:
+        """Follow a markdown chunk list on the fast path once everything it holds has been handed out."""
+        source = self._markdown_source()
+        self._tracked = None
+        if source is None or source[1].get("progress") == "DONE":
+            return
+        chunks = source[1].get("chunks")
+        if isinstance(chunks, list) and candidate == emitted == extract.markdown_text(source[1]):
+            self._tracked = (source[0], chunks, len(chunks))
+
+    def _untrack(self, usage: str) -> None:
+        if self._tracked is not None and self._tracked[0] == usage:
+            self._tracked = None
 
     def _complete(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
         title = frame.get("thread_title")
@@ -392,11 +419,12 @@ class AnswerAssembler:
         self.related_questions = tuple(q for q in related if isinstance(q, str) and q)
         if self.related_questions:
             events.append(RelatedQuestions(self.related_questions))
-        final = self._candidate(True) or self._emitted
+        answer = self.answer
+        final = self._candidate(True) or answer
         self.completed = Completed(
-            answer=self._emitted,
+            answer=answer,
             final_answer=final,
-            revised=final != self._emitted,
+            revised=final != answer,
             reasoning=self.reasoning,
             sources=self.sources,
             media=self.media,
