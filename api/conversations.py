@@ -215,11 +215,17 @@ class MemoryResponseStore:
         self._clock = clock
         self._items: dict[str, StoredResponse] = {}
         self._lock = threading.Lock()
+        self._purged = float("-inf")
 
     def _alive(self, record: StoredResponse | None) -> StoredResponse | None:
         return record if record is not None and self._clock() - record.created <= self.ttl else None
 
     def _purge(self) -> None:
+        # At most once a minute, as in MemoryConversationStore: reads check the age anyway.
+        now = self._clock()
+        if now - self._purged < min(60.0, self.ttl):
+            return
+        self._purged = now
         for rid in [r.id for r in self._items.values() if self._alive(r) is None]:
             del self._items[rid]
 
@@ -245,4 +251,4 @@ class MemoryResponseStore:
     def count(self) -> int:
         with self._lock:
             self._purge()
-            return len(self._items)
+            return sum(1 for r in self._items.values() if self._alive(r))

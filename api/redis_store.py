@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
-from .conversations import Conversation
+from .conversations import Conversation, StoredResponse
 
-__all__ = ["RedisConversationStore", "redis_client"]
+__all__ = ["RedisConversationStore", "RedisResponseStore", "redis_client"]
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 def redis_client(url: str) -> redis.Redis:
     """A client with short timeouts: a hung Redis must not hang requests (perf doc section 6)."""
     return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30)
+
+
+def _guarded(what: str, default: Any, call: Any) -> Any:
+    """Run a Redis call; on a Redis failure log it (without details that could hold data) and return `default`."""
+    try:
+        return call()
+    except redis.RedisError as exc:
+        log.warning("redis store: %s failed: %s", what, type(exc).__name__)
+        return default
 
 
 class RedisConversationStore:
@@ -37,11 +46,7 @@ class RedisConversationStore:
         return f"{self.prefix}{kind}:{name}"
 
     def _guard(self, what: str, default: Any, call: Any) -> Any:
-        try:
-            return call()
-        except redis.RedisError as exc:
-            log.warning("conversation store (redis) %s failed: %s", what, type(exc).__name__)
-            return default
+        return _guarded(what, default, call)
 
     def get(self, caller: str, conversation_id: str) -> Conversation | None:
         raw = self._guard("get", None, lambda: self.redis.get(self._k("conv", conversation_id)))
@@ -99,3 +104,41 @@ class RedisConversationStore:
             return sum(1 for _ in self.redis.scan_iter(match=self._k("conv", "*"), count=1000))
 
         return self._guard("count", 0, scan)
+
+
+class RedisResponseStore:
+    """Stored Responses API objects in Redis (`resp:<id>`), expiring `ttl` seconds after creation."""
+
+    def __init__(self, client: redis.Redis, ttl: float, *, prefix: str = "pplx:") -> None:
+        self.redis = client
+        self.ttl = max(1, int(ttl))
+        self.prefix = prefix
+
+    def _key(self, response_id: str) -> str:
+        return f"{self.prefix}resp:{response_id}"
+
+    def _guard(self, what: str, default: Any, call: Any) -> Any:
+        return _guarded(what, default, call)
+
+    def get(self, caller: str, response_id: str) -> StoredResponse | None:
+        raw = self._guard("get response", None, lambda: self.redis.get(self._key(response_id)))
+        record = StoredResponse.from_json(raw) if raw else None
+        return record if record is not None and record.caller == caller else None
+
+    def save(self, record: StoredResponse) -> None:
+        existing = self._guard("save response", None, lambda: self.redis.get(self._key(record.id)))
+        if existing and StoredResponse.from_json(existing).caller != record.caller:
+            raise PermissionError("response id belongs to another caller")
+        self._guard("save response", None, lambda: self.redis.set(self._key(record.id), record.to_json(), ex=self.ttl))
+
+    def delete(self, caller: str, response_id: str) -> bool:
+        if self.get(caller, response_id) is None:
+            return False
+        self._guard("delete response", None, lambda: self.redis.delete(self._key(response_id)))
+        return True
+
+    def count(self) -> int:
+        def scan() -> int:
+            return sum(1 for _ in self.redis.scan_iter(match=self._key("*"), count=1000))
+
+        return self._guard("count responses", 0, scan)

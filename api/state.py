@@ -14,7 +14,7 @@ from perplexity.client import PerplexityClient
 from perplexity.errors import PerplexityError
 from perplexity.types import SessionInfo
 
-from .conversations import ConversationStore, MemoryConversationStore
+from .conversations import ConversationStore, MemoryConversationStore, MemoryResponseStore, ResponseStore
 from .metrics import Metrics
 from .modelmap import BUILTIN_CATALOGUE, ModelMap
 from .service import ChatService
@@ -46,11 +46,8 @@ class ServerState:
         self._refreshing = threading.Lock()
         # Session check, cached: (checked at, result or None, error message).
         self._session: tuple[float, SessionInfo | None, str | None] = (0.0, None, None)
-        # Stored Responses API objects (caller-scoped, expiring like conversations); imported here to keep
-        # this edit to one place while the rest of the module changes.
-        from .conversations import MemoryResponseStore
-
-        self.responses = MemoryResponseStore(float(config["CONVERSATION_TIMEOUT"]))
+        # Stored Responses API objects (caller-scoped, expiring like conversations), where conversations live.
+        self.responses: ResponseStore = _response_store(config)
 
     # ---- the Perplexity client ------------------------------------------------------------
 
@@ -175,6 +172,17 @@ def _conversation_store(config: dict[str, Any]) -> ConversationStore:
 
         return RedisConversationStore(redis_client(uri), ttl)
     return MemoryConversationStore(ttl)
+
+
+def _response_store(config: dict[str, Any]) -> ResponseStore:
+    """Beside the conversations: memory, or the same Redis."""
+    uri = str(config.get("CONVERSATION_STORE_URI") or "memory://")
+    ttl = float(config["CONVERSATION_TIMEOUT"])
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisResponseStore, redis_client
+
+        return RedisResponseStore(redis_client(uri), ttl)
+    return MemoryResponseStore(ttl)
 
 
 def init_app(app: Flask) -> ServerState:

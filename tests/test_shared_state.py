@@ -75,3 +75,32 @@ def test_conversations_continue_across_workers(fake, live_server_factory, redis_
     sources = [a.json["params"]["query_source"] for a in fake.asks]
     assert sources == ["home"] + ["followup"] * 5
     assert len({a.thread for a in fake.asks}) == 1
+
+
+def test_responses_chain_across_workers(fake, live_server_factory, redis_up):
+    key = "rk-" + secrets.token_hex(6)
+    server = live_server_factory(WEB_CONCURRENCY="2", CONVERSATION_STORE_URI=REDIS_URL, API_KEYS=key)
+    previous = None
+    for turn in range(1, 6):  # fresh connections: the chain hops between workers
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as client:
+            response = client.responses.create(
+                model="perplexity-auto", input=f"Turn {turn}?", previous_response_id=previous
+            )
+            assert client.responses.retrieve(response.id).id == response.id
+        previous = response.id
+    assert [a.json["params"]["query_source"] for a in fake.asks] == ["home"] + ["followup"] * 4
+    assert len({a.thread for a in fake.asks}) == 1
+
+
+def test_redis_response_store_scope(redis_up):
+    from api.conversations import StoredResponse
+    from api.redis_store import RedisResponseStore
+
+    client = redis_client(REDIS_URL)
+    store = RedisResponseStore(client, 60, prefix=f"pplx-test-{secrets.token_hex(4)}:")
+    store.save(StoredResponse("resp_1", "alice", time.time(), "conv_1", {"id": "resp_1"}, []))
+    assert store.get("alice", "resp_1").conversation_id == "conv_1" and store.get("bob", "resp_1") is None
+    with pytest.raises(PermissionError):
+        store.save(StoredResponse("resp_1", "bob", time.time(), "conv_2", {"id": "resp_1"}, []))
+    assert store.count() == 1 and not store.delete("bob", "resp_1") and store.delete("alice", "resp_1")
+    client.close()
