@@ -61,7 +61,7 @@ def summarize(path: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workload", choices=("nonstream", "stream", "hold"))
+    parser.add_argument("workload", choices=("nonstream", "stream", "realistic", "hold"))
     parser.add_argument("--seconds", type=float, default=10.0, help="sampling time (max 120)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--streams", type=int, default=2000, help="open streams for the hold workload")
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.workload == "stream":
             size = run.calibrate_chunk_size()
             run.fake.set_reply(Reply(answer=bench.prose(size * args.frames), chunk_size=size))
+        elif args.workload == "realistic":
+            frames = bench.realistic_frames(args.frames, bench.REALISTIC_DELTA, plan.frame_bytes)
+            run.fake.set_reply(Reply(frames=frames))
         elif args.workload == "nonstream":
             run.fake.set_reply(Reply(answer=bench.SHORT_ANSWER, chunk_size=1000))
             for _ in range(50):
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         while spy.poll() is None and time.monotonic() < end:
             if args.workload == "nonstream":
                 run.api.whole()
-            elif args.workload == "stream":
+            elif args.workload in ("stream", "realistic"):
                 run.api.stream_chunks()
             else:
                 assert herd is not None
