@@ -30,7 +30,7 @@ from .chat import completion_meta, json_body, read_whole, reserve_stream, stream
 from .completion import CompletionMeta, extras, usage
 from .errors import APIError
 from .service import PreparedAsk
-from .sse import DONE, PING, ClientGone, client_watcher, encode, error_event, turn_pieces
+from .sse import DONE, PING, client_watcher, encode, guarded, turn_pieces
 from .state import ServerState, state
 from .turn import ChatTurn
 
@@ -90,34 +90,40 @@ def text_chunks(
     gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The SSE body: the echoed prompt, text chunks, a finish chunk, an optional usage chunk, then [DONE]."""
+    body = _text_body(stream, turn, meta, prompt_text, echo, include_usage, heartbeat, on_first_token, gone)
+    return guarded(body, stream, on_error)
+
+
+def _text_body(
+    stream: AskStream,
+    turn: ChatTurn,
+    meta: CompletionMeta,
+    prompt_text: str,
+    echo: str,
+    include_usage: bool,
+    heartbeat: float,
+    on_first_token: Callable[[], None] | None,
+    gone: Callable[[], bool] | None,
+) -> Iterator[bytes]:
     yield encode(_object(meta, [_choice(echo, None)])) if echo else PING  # flushes the headers at once
     fields: dict[str, Any] = {}
     first_token = False
-    try:
-        for pieces in turn_pieces(stream, turn, heartbeat, gone):
-            if pieces is None:
-                yield PING
-                continue
-            out = []
-            for piece in pieces:
-                if piece.kind == "sources":
-                    fields = extras(turn, meta, final=False)
-                elif piece.kind == "content":
-                    out.append(_chunk(meta, piece.text, fields))
-                    if not first_token and on_first_token is not None:
-                        on_first_token()
-                    first_token = True
-            if out:
-                yield b"".join(out)
-        yield _closing(turn, meta, prompt_text, include_usage)
-    except ClientGone:
-        return
-    except Exception as exc:
-        if on_error is not None:
-            on_error(exc)
-        yield error_event(exc)
-    finally:
-        stream.close()
+    for pieces in turn_pieces(stream, turn, heartbeat, gone):
+        if pieces is None:
+            yield PING
+            continue
+        out = []
+        for piece in pieces:
+            if piece.kind == "sources":
+                fields = extras(turn, meta, final=False)
+            elif piece.kind == "content":
+                out.append(_chunk(meta, piece.text, fields))
+                if not first_token and on_first_token is not None:
+                    on_first_token()
+                first_token = True
+        if out:
+            yield b"".join(out)
+    yield _closing(turn, meta, prompt_text, include_usage)
 
 
 def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usage: bool) -> bytes:

@@ -206,6 +206,23 @@ def _piece_chunk(meta: CompletionMeta, piece: Piece, fields: dict[str, Any], wit
     return encode(chunk(meta, delta, fields=fields, with_usage=with_usage))
 
 
+def guarded(
+    body: Iterator[bytes], stream: AskStream, on_error: Callable[[BaseException], None] | None
+) -> Iterator[bytes]:
+    """Run an SSE body: a failure becomes one error event, a departed client ends it quietly, and the
+    upstream is closed whatever happens."""
+    try:
+        yield from body
+    except ClientGone:
+        return
+    except Exception as exc:
+        if on_error is not None:
+            on_error(exc)
+        yield error_event(exc)
+    finally:
+        stream.close()
+
+
 def chat_chunks(
     stream: AskStream,
     turn: ChatTurn,
@@ -220,46 +237,47 @@ def chat_chunks(
     gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
+    body = _chat_body(stream, turn, meta, prompt_text, include_usage, heartbeat, on_done, on_first_token, gone)
+    return guarded(body, stream, on_error)
+
+
+def _chat_body(
+    stream: AskStream,
+    turn: ChatTurn,
+    meta: CompletionMeta,
+    prompt_text: str,
+    include_usage: bool,
+    heartbeat: float,
+    on_done: Callable[[ChatTurn], None],
+    on_first_token: Callable[[], None] | None,
+    gone: Callable[[], bool] | None,
+) -> Iterator[bytes]:
     yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
     started = first_token = False
     fields: dict[str, Any] = {}
-    try:
-        for batch in with_heartbeats(stream, heartbeat, stream.close, gone):
-            if batch is None:
-                yield PING
-                continue
-            out: list[bytes] = []
-            for event in batch:
-                for piece in turn.feed(event):
-                    if piece.kind == "sources":
-                        fields = extras(turn, meta, final=False)
-                    if not started:
-                        started = True
-                        role = {"role": "assistant", "content": ""}
-                        out.append(encode(chunk(meta, role, fields=fields, with_usage=include_usage)))
-                    encoded = _piece_chunk(meta, piece, fields, include_usage)
-                    if encoded:
-                        out.append(encoded)
-                    if piece.kind == "content" and not first_token:
-                        first_token = True
-                        if on_first_token is not None:
-                            on_first_token()
-                if turn.finish_reason is not None:
-                    break
-            if out:
-                yield b"".join(out)
-            if turn.finish_reason is not None:
-                break
-        yield _closing(turn, meta, prompt_text, include_usage, started)
-        on_done(turn)
-    except ClientGone:
-        return
-    except Exception as exc:
-        if on_error is not None:
-            on_error(exc)
-        yield error_event(exc)
-    finally:
-        stream.close()
+    for pieces in turn_pieces(stream, turn, heartbeat, gone):
+        if pieces is None:
+            yield PING
+            continue
+        out: list[bytes] = []
+        for piece in pieces:
+            if piece.kind == "sources":
+                fields = extras(turn, meta, final=False)
+            if not started:
+                started = True
+                role = {"role": "assistant", "content": ""}
+                out.append(encode(chunk(meta, role, fields=fields, with_usage=include_usage)))
+            encoded = _piece_chunk(meta, piece, fields, include_usage)
+            if encoded:
+                out.append(encoded)
+            if piece.kind == "content" and not first_token:
+                first_token = True
+                if on_first_token is not None:
+                    on_first_token()
+        if out:
+            yield b"".join(out)
+    yield _closing(turn, meta, prompt_text, include_usage, started)
+    on_done(turn)
 
 
 def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usage: bool, started: bool) -> bytes:
