@@ -348,3 +348,29 @@ def test_callers_never_continue_each_others_threads(fake, live_server_factory):
                 model="perplexity-auto", messages=USER
             )
     assert "key-a" not in server.log() and "key-b" not in server.log()
+
+
+def test_the_impersonating_transport_serves_chat_under_gevent(fake, live_server_factory):
+    """Production uses curl_cffi against perplexity.ai: the same answers, streams and early closes through it."""
+    server = live_server_factory(PERPLEXITY_IMPERSONATE="chrome")
+    assert requests.get(server.url + "/stats", timeout=10).json()["transport"].startswith("curl_cffi")
+    fake.enqueue(Reply(answer=ANSWER), Reply(answer=ANSWER, format="diff", chunk_size=4))
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
+        assert (
+            client.chat.completions.create(model="perplexity-auto", messages=USER).choices[0].message.content == ANSWER
+        )
+        stream = client.chat.completions.create(model="perplexity-auto", messages=USER, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == ANSWER
+    assert "user-agent" in fake.asks[-1].headers and "python-requests" not in fake.asks[-1].headers["user-agent"]
+    fake.enqueue(Reply(answer=ANSWER * 50, chunk_size=4, frame_delay=0.2))
+    response = requests.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "perplexity-auto", "messages": USER, "stream": True},
+        stream=True,
+        timeout=20,
+    )
+    next(response.iter_content(64))
+    assert fake.wait_until(lambda: fake.open_streams == 1)
+    response.close()
+    assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
+    assert "Traceback" not in server.log()
