@@ -51,7 +51,7 @@ class AnswerAssembler:
         self._last_text: Any = None
         self._text_answer: str | None = None
         self._text_sources: Any = None
-        self._step_sources: dict[str, Any] = {}
+        self._step_sources: dict[str, Source] = {}  # parsed: raw results would be kept per stream
         self._block_answer = False
         self._parts: list[str] = []  # the answer handed out, in pieces (joined on demand)
         self._reasoning: list[str] = []
@@ -72,6 +72,7 @@ class AnswerAssembler:
         self._changed: set[str] = set()
         self._envelope_ids: tuple[Any, ...] = ()
         self._sources_cache: tuple[Any, int, tuple[Source, ...]] | None = None
+        self._plan_snapshot = False
         # (usage, its chunk list, chunks handed out) while the answer follows that list append-only
         self._tracked: tuple[str, list[Any], int] | None = None
 
@@ -114,6 +115,11 @@ class AnswerAssembler:
             self._update_media(frame, events)
         if self._changed & _REASONING_USAGES:
             self._update_reasoning(events)
+        if self._plan_snapshot:
+            # A plain pro_search_steps block lists only new steps and is fully read above; keeping it would
+            # hold a copy of every search result for the rest of the stream.
+            self._docs.pop(("pro_search_steps", "plan_block"), None)
+            self._plan_snapshot = False
         if status == "FAILED" or frame.get("error_code"):
             self.failure = Failed(_failure_message(frame), _code(frame))
             events.append(self.failure)
@@ -199,6 +205,7 @@ class AnswerAssembler:
                     kept = kept[:offset] + chunks  # a repaint: a new list, so the fast path lets go of it
             value = {**value, "chunks": kept}
         self._docs[(usage, field)] = value
+        self._plan_snapshot = self._plan_snapshot or usage == "pro_search_steps"
         self._note_block(usage, field)
 
     def _note_block(self, usage: str, field: str) -> None:
@@ -241,8 +248,10 @@ class AnswerAssembler:
             return
         content = step.get("content") or step.get("web_results_content") or {}
         for item in content.get("web_results") or () if isinstance(content, dict) else ():
-            if isinstance(item, dict) and isinstance(item.get("url"), str):
-                self._step_sources.setdefault(item["url"], item)
+            if isinstance(item, dict) and isinstance(item.get("url"), str) and item["url"] not in self._step_sources:
+                source = extract.parse_source(item)
+                if source is not None:
+                    self._step_sources[source.url] = source
 
     # ---- derived state --------------------------------------------------------------------
 
@@ -262,15 +271,12 @@ class AnswerAssembler:
             (self._docs.get(("sources_answer_mode", "sources_mode_block")) or {}).get("web_results"),
             (self._docs.get(("sources_answer_mode", "sources_mode_block")) or {}).get("rows"),
             extract.workflow_sources(self._docs.get(("workflow_root", "workflow_block")) or {}),
-            list(self._step_sources.values()),
         )
-        for raw in candidates:
-            sources = self._parse_sources(raw)
-            if sources:
-                if sources != self.sources:
-                    self.sources = sources
-                    events.append(SourcesUpdate(sources))
-                return
+        found = next((parsed for parsed in map(self._parse_sources, candidates) if parsed), None)
+        sources = found or tuple(self._step_sources.values())
+        if sources and sources != self.sources:
+            self.sources = sources
+            events.append(SourcesUpdate(sources))
 
     def _parse_sources(self, raw: Any) -> tuple[Source, ...]:
         # Frames that touch only plan steps leave the web_results list object as it was: reuse its parse.
