@@ -25,6 +25,7 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("PERPLEXITY_SESSION_TOKEN", None, str, "Value of the __Secure-next-auth.session-token cookie", True),
+    Setting("PERPLEXITY_TOKEN_FILE", None, str, "File that keeps the rotated session cookie across restarts"),
     Setting("PERPLEXITY_BASE_URL", "https://www.perplexity.ai", str, "Perplexity web app URL (a fake for tests)"),
     Setting("PERPLEXITY_IMPERSONATE", "auto", str, "curl_cffi browser to impersonate: auto, off, chrome, ..."),
     Setting("PERPLEXITY_CONNECT_TIMEOUT", 10.0, float, "Seconds to connect to Perplexity"),

@@ -18,6 +18,7 @@ from .conversations import ConversationStore, MemoryConversationStore, MemoryRes
 from .metrics import Metrics
 from .modelmap import BUILTIN_CATALOGUE, ModelMap
 from .service import ChatService
+from .token_file import TokenFile
 
 __all__ = ["ServerState", "init_app", "state"]
 
@@ -67,8 +68,13 @@ class ServerState:
 
     def _make_client(self) -> PerplexityClient:
         c = self.config
+        token, on_rotated = c["PERPLEXITY_SESSION_TOKEN"], None
+        if token and c.get("PERPLEXITY_TOKEN_FILE"):
+            store = TokenFile(str(c["PERPLEXITY_TOKEN_FILE"]), token)
+            token, on_rotated = store.load() or token, store.save
         return PerplexityClient(
-            c["PERPLEXITY_SESSION_TOKEN"],
+            token,
+            on_token_rotated=on_rotated,
             base_url=c["PERPLEXITY_BASE_URL"],
             impersonate=c["PERPLEXITY_IMPERSONATE"],
             pool_size=int(c["PERPLEXITY_POOL_SIZE"]),

@@ -243,3 +243,24 @@ def test_open_streams_are_counted(fake, live_server_factory):
     response.close()
     stop.set()
     assert fake.wait_until(lambda: fake.open_streams == 0)
+
+
+def test_a_rotated_cookie_survives_a_restart_with_a_token_file(fake, live_server_factory, tmp_path):
+    from .conftest import TOKEN
+
+    path = tmp_path / "token.json"
+    fake.rotate_on_session = True
+    first = live_server_factory(PERPLEXITY_TOKEN_FILE=str(path), SESSION_CHECK_SECONDS="0")
+    assert get(first, "/health/ready").status_code == 200  # the session check receives a rotated cookie
+    rotated = fake.session_token
+    assert rotated != TOKEN and path.stat().st_mode & 0o777 == 0o600
+    assert TOKEN not in path.read_text() and rotated not in first.log()
+    fake.rotate_on_session = False
+    second = live_server_factory(PERPLEXITY_TOKEN_FILE=str(path))
+    with sdk(second) as client:
+        client.chat.completions.create(model="perplexity-auto", messages=USER)
+    assert f"session-token={rotated}" in fake.asks[-1].headers["cookie"]
+    third = live_server_factory(PERPLEXITY_TOKEN_FILE=str(path), PERPLEXITY_SESSION_TOKEN="a-new-login-token")
+    with sdk(third) as client, pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="perplexity-auto", messages=USER)  # the file is not used
+    assert "session-token=a-new-login-token" in fake.asks[-1].headers["cookie"]
