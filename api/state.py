@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 class ServerState:
     """Everything a worker shares between requests; the Perplexity client is made on first use."""
 
-    def __init__(self, config: dict[str, Any], store: ConversationStore | None = None) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.started = time.time()
         self.metrics = Metrics()
-        self.store: ConversationStore = store or _conversation_store(config)
+        # Conversations and stored Responses API objects (caller-scoped, expiring with CONVERSATION_TIMEOUT).
+        self.store, self.responses = _stores(config)
         self.counters: Counter[str] = Counter()
         self.upstream_errors: Counter[str] = Counter()
         self.open_streams = 0
@@ -47,8 +48,6 @@ class ServerState:
         self._refreshing = threading.Lock()
         # Session check, cached: (checked at, result or None, error message).
         self._session: tuple[float, SessionInfo | None, str | None] = (0.0, None, None)
-        # Stored Responses API objects (caller-scoped, expiring like conversations), where conversations live.
-        self.responses: ResponseStore = _response_store(config)
 
     # ---- the Perplexity client ------------------------------------------------------------
 
@@ -169,26 +168,17 @@ class ServerState:
             self._client.close()
 
 
-def _conversation_store(config: dict[str, Any]) -> ConversationStore:
-    """Memory by default; Redis when CONVERSATION_STORE_URI names one (shared by workers and instances)."""
+def _stores(config: dict[str, Any]) -> tuple[ConversationStore, ResponseStore]:
+    """Conversations and stored responses: in memory by default; in one Redis (one connection pool) when
+    CONVERSATION_STORE_URI names one, so workers and instances share them."""
     uri = str(config.get("CONVERSATION_STORE_URI") or "memory://")
     ttl = float(config["CONVERSATION_TIMEOUT"])
     if uri.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisConversationStore, redis_client
+        from .redis_store import RedisConversationStore, RedisResponseStore, redis_client
 
-        return RedisConversationStore(redis_client(uri), ttl)
-    return MemoryConversationStore(ttl)
-
-
-def _response_store(config: dict[str, Any]) -> ResponseStore:
-    """Beside the conversations: memory, or the same Redis."""
-    uri = str(config.get("CONVERSATION_STORE_URI") or "memory://")
-    ttl = float(config["CONVERSATION_TIMEOUT"])
-    if uri.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisResponseStore, redis_client
-
-        return RedisResponseStore(redis_client(uri), ttl)
-    return MemoryResponseStore(ttl)
+        client = redis_client(uri)
+        return RedisConversationStore(client, ttl), RedisResponseStore(client, ttl)
+    return MemoryConversationStore(ttl), MemoryResponseStore(ttl)
 
 
 def init_app(app: Flask) -> ServerState:
