@@ -254,10 +254,11 @@ def test_heartbeats_during_upstream_silence(fake, live_server):
     assert body.endswith(b"data: [DONE]\n\n")
 
 
-def test_client_disconnect_closes_the_upstream(fake, live_server):
+def leave_mid_stream(fake, server):
+    """Start a slow streamed chat, read its first bytes, hang up; True once the fake saw its stream closed."""
     fake.enqueue(Reply(answer=ANSWER * 50, chunk_size=4, frame_delay=0.2))
     response = requests.post(
-        live_server.url + "/v1/chat/completions",
+        server.url + "/v1/chat/completions",
         json={"model": "perplexity-auto", "messages": USER, "stream": True},
         stream=True,
         timeout=20,
@@ -267,7 +268,11 @@ def test_client_disconnect_closes_the_upstream(fake, live_server):
     response.close()
     # Noticed on the next write (a frame or a 0.5 s heartbeat); the bound here is liveness, not speed:
     # scripts/bench.py measures how fast.
-    assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
+    return fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
+
+
+def test_client_disconnect_closes_the_upstream(fake, live_server):
+    assert leave_mid_stream(fake, live_server)
     assert fake.streams_closed_by_client == 1
 
 
@@ -362,15 +367,5 @@ def test_the_impersonating_transport_serves_chat_under_gevent(fake, live_server_
         stream = client.chat.completions.create(model="perplexity-auto", messages=USER, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == ANSWER
     assert "user-agent" in fake.asks[-1].headers and "python-requests" not in fake.asks[-1].headers["user-agent"]
-    fake.enqueue(Reply(answer=ANSWER * 50, chunk_size=4, frame_delay=0.2))
-    response = requests.post(
-        server.url + "/v1/chat/completions",
-        json={"model": "perplexity-auto", "messages": USER, "stream": True},
-        stream=True,
-        timeout=20,
-    )
-    next(response.iter_content(64))
-    assert fake.wait_until(lambda: fake.open_streams == 1)
-    response.close()
-    assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
+    assert leave_mid_stream(fake, server)
     assert "Traceback" not in server.log()
