@@ -31,6 +31,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PERPLEXITY_CONNECT_TIMEOUT", 10.0, float, "Seconds to connect to Perplexity"),
     Setting("PERPLEXITY_READ_TIMEOUT", 60.0, float, "Longest silence (seconds) accepted from Perplexity mid-answer"),
     Setting("PERPLEXITY_POOL_SIZE", 256, int, "Upstream connections kept per worker"),
+    Setting("PERPLEXITY_HTTP_ADAPTER", "lean", str, "Engine under requests (not curl_cffi): lean or urllib3"),
     Setting("PERPLEXITY_MAX_RETRIES", 2, int, "Retries of connect errors, 429 and 5xx before the answer starts"),
     Setting("PERPLEXITY_INCOGNITO", True, bool, "Keep asks out of the account's library"),
     Setting("OPENAI_API_KEY", None, str, "Key clients must send as Bearer token (one key)", True),

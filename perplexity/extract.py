@@ -12,15 +12,21 @@ try:  # orjson is 3-5x faster on the multi-KB frames; the stdlib is the fallback
     import orjson
 
     loads = orjson.loads
+    dumps_json = orjson.dumps
     JSONDecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
 except ImportError:  # pragma: no cover - exercised only where orjson is absent
     loads = json.loads
     JSONDecodeError = (ValueError,)
 
+    def dumps_json(value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 __all__ = [
     "JSONDecodeError",
     "clarifying_from_step",
     "decode_text",
+    "dumps_json",
     "final_answer_from_steps",
     "loads",
     "markdown_text",

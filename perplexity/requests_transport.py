@@ -7,17 +7,22 @@ import http.cookiejar
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from perplexity.errors import (
+    ConfigurationError,
     TransportError,
     UpstreamConnectError,
     UpstreamTimeoutError,
     redact,
 )
 
+from .extract import dumps_json
+from .lean_http import LeanBody, LeanHTTPAdapter
 from .transport import _host, _read_limited, parse_set_cookies
 
 __all__ = ["RequestsResponse", "RequestsTransport"]
@@ -120,7 +125,9 @@ class RequestsResponse:
         self._reading = False
         self.status_code = response.status_code
         self.headers: Mapping[str, str] = response.headers
-        self.set_cookies = parse_set_cookies(response.raw.headers.getlist("Set-Cookie"))
+        raw = response.raw
+        cookies = raw.set_cookies if isinstance(raw, LeanBody) else raw.headers.getlist("Set-Cookie")
+        self.set_cookies = parse_set_cookies(cookies) if cookies else {}
 
     def iter_bytes(self) -> Iterator[bytes]:
         if self._body is not None:
@@ -158,6 +165,8 @@ class RequestsResponse:
         for n bytes, and `iter_content(None)` for the whole of a non-chunked body.
         """
         raw = self._response.raw
+        if isinstance(raw, LeanBody):
+            return raw.iter_chunks()
         if raw.chunked and raw.supports_chunked_reads():
             return raw.read_chunked(None, decode_content=True)
         return iter(lambda: raw.read1(_READ_SIZE, decode_content=True), b"")
@@ -182,20 +191,65 @@ class RequestsResponse:
         self._body = b"".join(self.iter_bytes())
 
 
+HTTP_ADAPTERS = ("lean", "urllib3")
+
+
+def _prepare(
+    method: str, url: str, headers: Mapping[str, str], params: Any, json: Any, data: Any, files: Any
+) -> requests.PreparedRequest:
+    """A `PreparedRequest`, built directly for the client's own requests (a JSON or bytes body, ASCII URL).
+
+    `Request.prepare()` re-parses and re-quotes the URL, encodes the JSON with the stdlib and hooks up a
+    cookie jar: about 0.3 ms per ask on the benchmark machine. Forms, files and other URLs go through it.
+    """
+    if files is not None or not (data is None or isinstance(data, (bytes, str))) or not url.isascii():
+        request = requests.Request(method, url, headers=dict(headers), params=params, json=json, data=data, files=files)
+        return request.prepare()
+    prepared = requests.PreparedRequest()
+    prepared.method = method
+    prepared.url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}" if params else url
+    prepared.headers = CaseInsensitiveDict(headers)
+    if json is not None:
+        body: bytes | None = dumps_json(json)
+        prepared.headers.setdefault("Content-Type", "application/json")
+    else:
+        body = data.encode("utf-8") if isinstance(data, str) else data
+    if body is not None:
+        prepared.headers["Content-Length"] = str(len(body))
+    elif method in ("POST", "PUT", "PATCH"):
+        prepared.headers["Content-Length"] = "0"
+    prepared.body = body
+    prepared.hooks = {"response": []}
+    return prepared
+
+
 class RequestsTransport:
-    """`requests` with a pooled session, no proxies from the environment and no cookie jar."""
+    """`requests` with pooled connections, no proxies from the environment and no cookie jar.
+
+    `http_adapter` picks the engine under `requests`: "lean" (default, `lean_http.LeanHTTPAdapter`:
+    pooled sockets parsed by llhttp, several times cheaper per request and per open stream) or "urllib3"
+    (requests' stock `HTTPAdapter`). `verify` is requests' `verify`: True (certifi's CA bundle), False or
+    the path of a CA bundle.
+    """
 
     name = "requests"
 
-    def __init__(self, *, pool_size: int = 64) -> None:
+    def __init__(self, *, pool_size: int = 64, http_adapter: str = "lean", verify: bool | str = True) -> None:
+        if http_adapter not in HTTP_ADAPTERS:
+            raise ConfigurationError(f"http_adapter must be one of {', '.join(HTTP_ADAPTERS)}, got {http_adapter!r}")
         session = requests.Session()
         # trust_env=False skips proxy/.netrc lookups on every request (about 0.7 ms each, perf doc 4).
         session.trust_env = False
         session.cookies.set_policy(_RefuseCookies())
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, pool_block=False, max_retries=0)
+        stock = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, pool_block=False, max_retries=0)
+        adapter = LeanHTTPAdapter(pool_maxsize=pool_size, fallback=stock) if http_adapter == "lean" else stock
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self._session = session
+        self.adapter = adapter
+        self.http_adapter = http_adapter
+        self.name = "requests" if http_adapter == "lean" else f"requests/{http_adapter}"
+        self._verify = verify
 
     def request(
         self,
@@ -212,13 +266,10 @@ class RequestsTransport:
     ) -> RequestsResponse:
         try:
             # Always stream=True: the body is then read by our own loop, with the same error mapping.
-            # Prepared here and sent with Session.send: Session.request would also merge the session's
-            # cookie jar, default headers and environment settings on every call (about 0.1 ms), none of
-            # which apply (no jar, trust_env off, the client sets its headers).
-            prepared = requests.Request(
-                method.upper(), url, headers=dict(headers), params=params, json=json, data=data, files=files
-            ).prepare()
-            response = self._session.send(prepared, stream=True, timeout=timeout, allow_redirects=False)
+            # Sent with the adapter directly: Session.send would add hooks, cookie extraction and redirect
+            # bookkeeping, none of which apply (no jar, no redirects followed, no hooks).
+            prepared = _prepare(method.upper(), url, headers, params, json, data, files)
+            response = self.adapter.send(prepared, stream=True, timeout=timeout, verify=self._verify, proxies={})
         except Exception as exc:
             error = _map_requests_error(exc, url, in_body=False)
             if error is None:

@@ -110,7 +110,12 @@ def resolve_impersonation(setting: str | None, base_url: str) -> str | None:
 
 
 def make_transport(
-    *, base_url: str, impersonate: str | None = None, pool_size: int = 64, threadpool_size: int | None = None
+    *,
+    base_url: str,
+    impersonate: str | None = None,
+    pool_size: int = 64,
+    threadpool_size: int | None = None,
+    http_adapter: str = "lean",
 ) -> Transport:
     """Build the transport for `base_url`: curl_cffi impersonating `impersonate`, or `requests` if None.
 
@@ -118,6 +123,7 @@ def make_transport(
     `requests`, even for perplexity.ai). `pool_size` bounds the idle connections kept (for curl, the
     idle handles). `threadpool_size` (default `pool_size`) is the least size the gevent hub threadpool
     is grown to; it caps how many curl transfers run at once under gevent, further ones wait for a thread.
+    `http_adapter` is the engine under `requests` ("lean" or "urllib3"); curl_cffi ignores it.
     """
     if urlsplit(base_url).scheme not in ("http", "https"):
         raise ConfigurationError(f"base URL must be http(s), got {base_url!r}")
@@ -126,7 +132,7 @@ def make_transport(
     if impersonate is None:
         from .requests_transport import RequestsTransport
 
-        return RequestsTransport(pool_size=pool_size)
+        return RequestsTransport(pool_size=pool_size, http_adapter=http_adapter)
     if not _curl_cffi_available():
         raise ConfigurationError(f"impersonating {impersonate!r} needs the curl_cffi package")
     from .curl_transport import CurlTransport

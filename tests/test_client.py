@@ -350,6 +350,5 @@ def test_connections_are_reused_across_asks(fake, client):
     with client.ask("two") as stream:
         next(e for e in stream if isinstance(e, Completed))  # a consumer that stops at Completed
     client.ask_complete("three")
-    pools = client.transport._session.adapters["http://"].poolmanager.pools
-    pool = pools[next(iter(pools.keys()))]
-    assert pool.num_requests == 3 and pool.num_connections == 1
+    adapter = client.transport.adapter
+    assert adapter.requests_sent == 3 and adapter.connections_opened == 1
