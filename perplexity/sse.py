@@ -62,6 +62,10 @@ class SSEDecoder:
                 chunk = chunk[1:]
                 if not chunk:
                     return []
+        if not self._pieces and not self._data and not self._event and self._retry is None:
+            event = self._single_event(chunk)
+            if event is not None:
+                return [event]
         events: list[ServerSentEvent] = []
         for line in self._complete_lines(chunk):
             self._process_line(line, events)
@@ -83,6 +87,39 @@ class SSEDecoder:
         # An event without its terminating blank line is never dispatched.
         self._event, self._data, self._retry = "", [], None
         return events
+
+    def _single_event(self, chunk: bytes) -> ServerSentEvent | None:
+        """The fast path: a chunk that is exactly one `event: NAME` + one `data: ...` event, CRLF or LF.
+
+        That is how Perplexity frames every event, one per HTTP chunk; the general line scanner costs
+        several times more per 4 KB frame. Anything else (None) goes through the general path.
+        """
+        if chunk.endswith(b"\r\n\r\n"):
+            eol, size = b"\r\n", 2
+        elif chunk.endswith(b"\n\n") and not chunk.endswith(b"\r\n\n"):
+            eol, size = b"\n", 1
+        else:
+            return None
+        end = len(chunk) - 2 * size
+        if chunk.startswith(b"event: "):
+            name_end = chunk.find(eol, 7, end)
+            if name_end < 0:
+                return None
+            name = chunk[7:name_end]
+            start = name_end + size
+        else:
+            name, start = b"message", 0
+        if not chunk.startswith(b"data: ", start):
+            return None
+        start += 6
+        # Exactly one data line: no other CR or LF in it (and none inside the event name).
+        if chunk.find(b"\n", start, end) >= 0 or chunk.find(b"\r", start, end) >= 0 or b"\r" in name or b"\n" in name:
+            return None
+        if start == end:
+            return None  # an empty data line: the general path applies the spec's rules
+        self._check_length(end - start + 6)  # the whole line, as the general path counts it
+        data = chunk[start:end].decode("utf-8", "replace")
+        return ServerSentEvent(name.decode("utf-8", "replace") or "message", data, self._id, None)
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         """Hold the first bytes until it is clear whether they are a UTF-8 BOM, and drop it if so."""
