@@ -177,8 +177,17 @@ def with_heartbeats(
 def turn_pieces(
     stream: AskStream, turn: ChatTurn, heartbeat: float, gone: Callable[[], bool] | None = None
 ) -> Iterator[list[Piece] | None]:
-    """What `turn` makes of each upstream batch (None after `heartbeat` s of silence); stops once it finished."""
-    batches = with_heartbeats(stream, heartbeat, stream.close, gone)
+    """What `turn` makes of each upstream batch (None after `heartbeat` s of silence); stops once it finished.
+
+    When the transport can time a wait and carry on (`AskStream.supports_idle`), this greenlet reads the
+    upstream itself; otherwise a reader greenlet feeds it through a queue (`with_heartbeats`), which costs
+    a greenlet, a queue and two switches per batch more.
+    """
+    batches = (
+        _ticking(stream, heartbeat, gone)
+        if stream.supports_idle
+        else with_heartbeats(stream, heartbeat, stream.close, gone)
+    )
     try:
         for batch in batches:
             if batch is None:
@@ -194,6 +203,14 @@ def turn_pieces(
                 return
     finally:
         batches.close()  # releases the reader at once, not when the generator is collected
+
+
+def _ticking(stream: AskStream, heartbeat: float, gone: Callable[[], bool] | None) -> Iterator[list[Any] | None]:
+    """`with_heartbeats` without the reader: the stream's own idle ticks, checking the client on each."""
+    for batch in stream.ticks(heartbeat):
+        if batch is None and gone is not None and gone():
+            raise ClientGone
+        yield batch
 
 
 def _piece_chunk(meta: CompletionMeta, piece: Piece, fields: dict[str, Any], with_usage: bool) -> bytes | None:

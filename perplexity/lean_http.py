@@ -27,6 +27,7 @@ import socket
 import ssl
 import zlib
 from collections.abc import Iterator
+from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,6 +112,7 @@ class LeanBody:
         self._decoder: _Decoder | None = None
         self._framed = True
         self._error: Exception | None = None
+        self.read_timeout: float | None = None
         self.status = 0
         self.reason = ""
         self.version = 11
@@ -209,19 +211,29 @@ class LeanBody:
         if self._done:
             self._finish()
 
-    def iter_chunks(self) -> Iterator[bytes]:
-        """Body pieces as they arrive (one per HTTP chunk or received segment), content-encoding removed."""
+    def iter_chunks(self, idle: float | None = None) -> Iterator[bytes]:
+        """Body pieces as they arrive, content-encoding removed: one per HTTP chunk or received segment.
+
+        With `idle`, an empty piece is yielded after each `idle` seconds without a byte, so the caller can
+        act during a silence (send a heartbeat, check its client) without a second greenlet; the read
+        timeout still counts from the last byte received. A socket timeout leaves the connection in a
+        known state here (nothing is buffered above the socket), which a `BufferedReader` would not.
+        """
         decoder = self._decoder
         pending = self._pending
+        read_timeout = self.read_timeout
+        if idle is not None and self._conn is not None:
+            self._conn.sock.settimeout(idle if read_timeout is None else min(idle, read_timeout))
+        last = monotonic()
         while True:
-            if pending:
-                pieces = pending[:]
-                pending.clear()
-                for piece in pieces:
-                    if decoder is not None:
-                        piece = decoder.decode(piece)
-                    if piece:
-                        yield piece
+            while pending:
+                # One piece per HTTP chunk (one Perplexity event each); `buffered` tells the caller more
+                # are already here, so it can batch its output.
+                piece = pending.pop(0)
+                if decoder is not None:
+                    piece = decoder.decode(piece)
+                if piece:
+                    yield piece
             if self._error is not None:
                 self._finish()
                 raise requests.exceptions.ChunkedEncodingError(f"malformed HTTP body: {self._error}")
@@ -232,7 +244,22 @@ class LeanBody:
                         yield tail
                 self._finish()
                 return
-            data = self._recv()
+            if idle is None:
+                data = self._recv()
+            else:
+                try:
+                    data = self._recv()
+                except TimeoutError:
+                    if self._closed:
+                        continue
+                    quiet = monotonic() - last
+                    if read_timeout is not None and quiet >= read_timeout - 0.001:
+                        raise
+                    if read_timeout is not None and self._conn is not None:
+                        self._conn.sock.settimeout(min(idle, read_timeout - quiet))
+                    yield b""
+                    continue
+                last = monotonic()
             if self._closed:  # shut down by another greenlet while this one waited
                 self._finish()
                 return
@@ -243,6 +270,11 @@ class LeanBody:
                     continue
                 raise requests.exceptions.ChunkedEncodingError("the connection closed before the body ended")
             self._feed(data)
+
+    @property
+    def buffered(self) -> bool:
+        """True when body bytes already received are waiting to be yielded."""
+        return bool(self._pending)
 
     def _finish(self) -> None:
         """Give the connection back to the pool (a complete body on a reusable connection) or close it."""
@@ -396,6 +428,7 @@ class LeanHTTPAdapter(BaseAdapter):
             if conn is None:
                 conn = self._connect(request, key, connect_timeout, verify)
             raw = LeanBody(self, conn)
+            raw.read_timeout = read_timeout
             try:
                 conn.sock.settimeout(read_timeout)
                 conn.sock.sendall(payload)

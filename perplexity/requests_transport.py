@@ -126,15 +126,27 @@ class RequestsResponse:
         self.status_code = response.status_code
         self.headers: Mapping[str, str] = response.headers
         raw = response.raw
-        cookies = raw.set_cookies if isinstance(raw, LeanBody) else raw.headers.getlist("Set-Cookie")
+        lean = isinstance(raw, LeanBody)
+        cookies = raw.set_cookies if lean else raw.headers.getlist("Set-Cookie")
         self.set_cookies = parse_set_cookies(cookies) if cookies else {}
+        # Idle ticks need a socket read that can time out and carry on: the lean adapter's.
+        self.supports_idle = lean
 
-    def iter_bytes(self) -> Iterator[bytes]:
+    @property
+    def buffered(self) -> bool:
+        """True when more of the body has already arrived (the next chunk will not wait)."""
+        raw = self._response.raw
+        return raw.buffered if isinstance(raw, LeanBody) else False
+
+    def iter_bytes(self, idle: float | None = None) -> Iterator[bytes]:
+        """Body chunks as they arrive; with `idle` (see `supports_idle`), b"" after each `idle` s of silence."""
         if self._body is not None:
             if self._body:
                 yield self._body
             return
-        chunks = self._raw_chunks()
+        if idle is not None and not self.supports_idle:
+            raise ValueError("idle ticks need the lean HTTP adapter")
+        chunks = self._raw_chunks(idle)
         try:
             while not self._closed:
                 self._reading = True
@@ -151,13 +163,13 @@ class RequestsResponse:
                     raise error from exc
                 finally:
                     self._reading = False
-                if chunk:
+                if chunk or idle is not None:
                     yield chunk
         finally:
             if self._closed:
                 self._response.close()  # the close() that arrived mid-read left this to us
 
-    def _raw_chunks(self) -> Iterator[bytes]:
+    def _raw_chunks(self, idle: float | None = None) -> Iterator[bytes]:
         """Body pieces as they arrive, decoded (perf-and-reliability.md section 4).
 
         A chunked body is read one HTTP chunk at a time (about 3 times cheaper than read1 per 4 KB
@@ -166,7 +178,7 @@ class RequestsResponse:
         """
         raw = self._response.raw
         if isinstance(raw, LeanBody):
-            return raw.iter_chunks()
+            return raw.iter_chunks(idle)
         if raw.chunked and raw.supports_chunked_reads():
             return raw.read_chunked(None, decode_content=True)
         return iter(lambda: raw.read1(_READ_SIZE, decode_content=True), b"")

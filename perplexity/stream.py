@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from time import monotonic
 from typing import Any
 
 from .assembler import AnswerAssembler
@@ -68,8 +69,26 @@ class AskStream:
 
     def __iter__(self) -> Iterator[AskEvent]:
         if self._iterator is None:
-            self._iterator = self._events()
+            self._iterator = _flatten(self._guard(self._batches(None)))
         return self._iterator
+
+    @property
+    def supports_idle(self) -> bool:
+        """Whether `ticks()` works: the transport can wait for the next bytes with a timeout and carry on."""
+        return bool(getattr(self._response, "supports_idle", False))
+
+    def ticks(self, idle: float) -> Iterator[list[AskEvent] | None]:
+        """The events in batches (those that arrived together), and None after each `idle` s of silence.
+
+        This lets one greenlet both read the upstream and act during its silences (heartbeats, checking
+        its client), instead of a reader greenlet and a queue per stream. Needs `supports_idle`.
+        """
+        if not self.supports_idle:
+            raise ValueError("this transport cannot report idle periods")
+        if self._iterator is not None:
+            raise RuntimeError("the stream is already being read")
+        self._iterator = iter(())
+        return self._guard(self._batches(idle))
 
     def __enter__(self) -> AskStream:
         return self
@@ -108,9 +127,10 @@ class AskStream:
 
     # ---- reading --------------------------------------------------------------------------
 
-    def _events(self) -> Iterator[AskEvent]:
+    def _guard(self, batches: Iterator[list[AskEvent] | None]) -> Iterator[list[AskEvent] | None]:
+        """Map failures to StreamErrors with the partial answer; close the response whatever happens."""
         try:
-            yield from self._read()
+            yield from batches
         except StreamError as exc:
             exc.partial_answer = exc.partial_answer or self._assembler.answer
             raise
@@ -118,7 +138,8 @@ class AskStream:
             if self._assembler.completed is not None:
                 # The answer was whole; only the drain after it failed. Hand it over all the same.
                 log.debug("drain after COMPLETED failed: %s", exc.message)
-                yield from self._pending
+                if self._pending:
+                    yield self._pending
                 return
             if isinstance(exc, UpstreamTimeoutError):
                 message = f"Perplexity stopped sending mid-answer ({exc.message})"
@@ -128,9 +149,18 @@ class AskStream:
         finally:
             self.close()
 
-    def _read(self) -> Iterator[AskEvent]:
+    def _batches(self, idle: float | None) -> Iterator[list[AskEvent] | None]:
+        response = self._response
         decoder = SSEDecoder()
-        for chunk in self._response.iter_bytes():
+        ticking = idle is not None
+        chunks = response.iter_bytes(idle=idle) if ticking else response.iter_bytes()  # type: ignore[call-arg]
+        batch: list[AskEvent] = []
+        quiet_since = monotonic()
+        for chunk in chunks:
+            if not chunk:
+                yield None  # an idle tick: nothing arrived for `idle` seconds
+                quiet_since = monotonic()
+                continue
             for event in decoder.feed(chunk):
                 if event.event == "end_of_stream":
                     self._check_finished("before the answer was complete")
@@ -139,14 +169,27 @@ class AskStream:
                     continue
                 for answer_event in self._frame(event.data):
                     if self._assembler.completed is None:
-                        yield answer_event
+                        batch.append(answer_event)
                     else:
                         # The terminal frame's events wait for the (immediate) end of the body: a consumer
                         # that stops at Completed would otherwise cut the connection, not pool it.
                         self._pending.append(answer_event)
+            # Events that arrived together go out together (one write downstream), but never wait for
+            # bytes that have not arrived yet.
+            if batch and not (ticking and response.buffered):  # type: ignore[attr-defined]
+                yield batch
+                batch = []
+                quiet_since = monotonic()
+            elif ticking and not batch and monotonic() - quiet_since >= idle:  # type: ignore[operator]
+                # Bytes without events (the upstream's own `: ping` comments) are silence too.
+                yield None
+                quiet_since = monotonic()
         decoder.close()
         self._check_finished("(the connection closed before the answer was complete)")
-        yield from self._pending
+        if batch:
+            yield batch
+        if self._pending:
+            yield self._pending
 
     def _frame(self, data: str) -> Iterator[AskEvent]:
         try:
@@ -173,6 +216,12 @@ class AskStream:
                 f"Perplexity ended the answer stream {when} after {self.frames} frames",
                 partial_answer=self.answer,
             )
+
+
+def _flatten(batches: Iterator[list[AskEvent] | None]) -> Iterator[AskEvent]:
+    for batch in batches:
+        if batch:
+            yield from batch
 
 
 def _failure(event: Failed, partial: str) -> AskFailedError:

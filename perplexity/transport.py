@@ -49,7 +49,12 @@ class TransportResponse(Protocol):
     set_cookies: dict[str, str]
 
     def iter_bytes(self) -> Iterator[bytes]:
-        """Yield body chunks (content-encoding removed) as soon as they arrive."""
+        """Yield body chunks (content-encoding removed) as soon as they arrive.
+
+        A response whose `supports_idle` attribute is true also takes `iter_bytes(idle=seconds)`: it then
+        yields b"" after each `idle` seconds without a byte (the read timeout still applies), and its
+        `buffered` property tells whether the next chunk has already arrived.
+        """
         ...
 
     def read(self, limit: int = 1 << 20) -> bytes:

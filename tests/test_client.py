@@ -352,3 +352,41 @@ def test_connections_are_reused_across_asks(fake, client):
     client.ask_complete("three")
     adapter = client.transport.adapter
     assert adapter.requests_sent == 3 and adapter.connections_opened == 1
+
+
+# ---- idle ticks: one greenlet reads the stream and still acts during silences ----------------------
+
+
+def test_ticks_report_silence_even_when_the_upstream_sends_its_own_pings(fake, client):
+    fake.enqueue(Reply(answer="late answer", first_byte_delay=1.0, heartbeat_every=0.1))
+    with client.ask("q") as stream:
+        assert stream.supports_idle
+        items = list(stream.ticks(0.25))
+    ticks_before_answer = 0
+    for item in items:
+        if item is not None:
+            break
+        ticks_before_answer += 1
+    assert 2 <= ticks_before_answer <= 5  # about 1.0 / 0.25; the fake's 0.1 s pings did not reset it
+    events = [e for batch in items if batch for e in batch]
+    assert "".join(e.text for e in events if isinstance(e, AnswerDelta)) == "late answer"
+
+
+def test_ticks_keep_the_read_timeout(fake, client):
+    """Ticks come every `idle` s, and the read timeout (2 s here) still ends a silent stream."""
+    fake.enqueue(Reply(answer="never", first_byte_delay=30))
+    with client.ask("q") as stream:
+        ticks = 0
+        with pytest.raises(errors.StreamTruncatedError, match="stopped sending"):
+            for item in stream.ticks(0.3):
+                assert item is None
+                ticks += 1
+    assert 5 <= ticks <= 7
+
+
+def test_ticks_need_a_transport_that_can_time_a_wait(fake):
+    with PerplexityClient(TOKEN, base_url=fake.url, http_adapter="urllib3") as c, c.ask("q") as stream:
+        assert not stream.supports_idle
+        with pytest.raises(ValueError, match="idle"):
+            stream.ticks(1.0)
+        assert "".join(e.text for e in stream if isinstance(e, AnswerDelta))

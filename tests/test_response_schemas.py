@@ -165,7 +165,9 @@ def streamed(include_usage: bool) -> list[dict]:
 
 
 class _Events(list):
-    """An upstream stand-in: the events, and the `close()` the generator calls."""
+    """An upstream stand-in: the events, and the `close()` the generator calls (read through a reader)."""
+
+    supports_idle = False
 
     def close(self) -> None:
         pass
