@@ -282,6 +282,9 @@ class RequestsTransport:
             # bookkeeping, none of which apply (no jar, no redirects followed, no hooks).
             prepared = _prepare(method.upper(), url, headers, params, json, data, files)
             response = self.adapter.send(prepared, stream=True, timeout=timeout, verify=self._verify, proxies={})
+            # The request (orjson's output buffer is ~16 KB whatever the body size) would otherwise live as
+            # long as the response: for an answer stream, minutes.
+            response.request = None
         except Exception as exc:
             error = _map_requests_error(exc, url, in_body=False)
             if error is None:
