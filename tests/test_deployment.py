@@ -62,6 +62,37 @@ def test_gunicorn_config_is_right_for_long_streams(monkeypatch):
     assert conf.preload_app is False and conf.max_requests == 0
     assert conf.bind == "0.0.0.0:9123"
     assert conf.accesslog == "-" and conf.graceful_timeout >= 30
+    monkeypatch.setenv("ACCESS_LOG", "false")
+    spec.loader.exec_module(conf)
+    assert conf.accesslog is None
+
+
+def test_access_line_has_the_fields_of_the_documented_format(monkeypatch, capsys):
+    import datetime
+
+    from gunicorn.config import Config
+
+    monkeypatch.delenv("ACCESS_LOG", raising=False)
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_access", ROOT / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = conf.logger_class(cfg)
+
+    class Resp:
+        status, sent = "429 TOO MANY REQUESTS", 188
+        headers = [("Content-Type", "application/json"), ("X-Request-ID", "req_1")]
+
+    environ = {
+        "REMOTE_ADDR": "10.0.0.7",
+        "REQUEST_METHOD": "POST",
+        "RAW_URI": "/v1/chat/completions?x=1",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
+    logger.access(Resp, None, environ, datetime.timedelta(milliseconds=12, microseconds=600))
+    line = capsys.readouterr().out.strip()
+    assert line == '10.0.0.7 "POST /v1/chat/completions?x=1 HTTP/1.1" 429 188 12ms rid=req_1'
 
 
 @pytest.mark.parametrize("setting", [s.name for s in SETTINGS])
