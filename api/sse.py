@@ -183,14 +183,15 @@ def turn_pieces(
     upstream itself; otherwise a reader greenlet feeds it through a queue (`with_heartbeats`), which costs
     a greenlet, a queue and two switches per batch more.
     """
-    batches = (
-        _ticking(stream, heartbeat, gone)
-        if stream.supports_idle
-        else with_heartbeats(stream, heartbeat, stream.close, gone)
-    )
+    ticking = stream.supports_idle
+    batches = stream.ticks(heartbeat) if ticking else with_heartbeats(stream, heartbeat, stream.close, gone)
     try:
         for batch in batches:
             if batch is None:
+                # with_heartbeats checks the client itself; the stream's own ticks are checked here (one
+                # generator level less: each costs C stack in every waiting greenlet).
+                if ticking and gone is not None and gone():
+                    raise ClientGone
                 yield None
                 continue
             pieces: list[Piece] = []
@@ -203,14 +204,6 @@ def turn_pieces(
                 return
     finally:
         batches.close()  # releases the reader at once, not when the generator is collected
-
-
-def _ticking(stream: AskStream, heartbeat: float, gone: Callable[[], bool] | None) -> Iterator[list[Any] | None]:
-    """`with_heartbeats` without the reader: the stream's own idle ticks, checking the client on each."""
-    for batch in stream.ticks(heartbeat):
-        if batch is None and gone is not None and gone():
-            raise ClientGone
-        yield batch
 
 
 def _piece_chunk(meta: CompletionMeta, piece: Piece, fields: dict[str, Any], with_usage: bool) -> bytes | None:
