@@ -26,7 +26,7 @@ from __future__ import annotations
 import socket
 import ssl
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,19 +211,18 @@ class LeanBody:
         if self._done:
             self._finish()
 
-    def iter_chunks(self, idle: float | None = None) -> Iterator[bytes]:
+    def iter_chunks(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
         """Body pieces as they arrive, content-encoding removed: one per HTTP chunk or received segment.
 
-        With `idle`, an empty piece is yielded after each `idle` seconds without a byte, so the caller can
-        act during a silence (send a heartbeat, check its client) without a second greenlet; the read
-        timeout still counts from the last byte received. A socket timeout leaves the connection in a
+        With `next_tick` (seconds until the caller wants to act, counted by the caller), an empty piece is
+        yielded when that time comes with no byte in, so the caller can act during a silence (send a
+        heartbeat, check its client) without a second greenlet; the read timeout still counts from the
+        last byte received. A socket timeout leaves the connection in a
         known state here (nothing is buffered above the socket), which a `BufferedReader` would not.
         """
         decoder = self._decoder
         pending = self._pending
         read_timeout = self.read_timeout
-        if idle is not None and self._conn is not None:
-            self._conn.sock.settimeout(idle if read_timeout is None else min(idle, read_timeout))
         last = monotonic()
         while True:
             while pending:
@@ -244,19 +243,27 @@ class LeanBody:
                         yield tail
                 self._finish()
                 return
-            if idle is None:
+            if next_tick is None:
                 data = self._recv()
             else:
+                wait = next_tick()
+                if read_timeout is not None:
+                    left = read_timeout - (monotonic() - last)
+                    if left <= 0:
+                        raise TimeoutError("no byte within the read timeout")
+                    wait = min(wait, left)
+                if wait <= 0:
+                    yield b""
+                    continue
+                assert self._conn is not None
+                self._conn.sock.settimeout(wait)
                 try:
                     data = self._recv()
                 except TimeoutError:
                     if self._closed:
                         continue
-                    quiet = monotonic() - last
-                    if read_timeout is not None and quiet >= read_timeout - 0.001:
+                    if read_timeout is not None and monotonic() - last >= read_timeout - 0.001:
                         raise
-                    if read_timeout is not None and self._conn is not None:
-                        self._conn.sock.settimeout(min(idle, read_timeout - quiet))
                     yield b""
                     continue
                 last = monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import http.cookiejar
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -138,15 +138,15 @@ class RequestsResponse:
         raw = self._response.raw
         return raw.buffered if isinstance(raw, LeanBody) else False
 
-    def iter_bytes(self, idle: float | None = None) -> Iterator[bytes]:
-        """Body chunks as they arrive; with `idle` (see `supports_idle`), b"" after each `idle` s of silence."""
+    def iter_bytes(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
+        """Body chunks as they arrive; with `next_tick` (see `supports_idle`), b"" when a tick falls due."""
         if self._body is not None:
             if self._body:
                 yield self._body
             return
-        if idle is not None and not self.supports_idle:
+        if next_tick is not None and not self.supports_idle:
             raise ValueError("idle ticks need the lean HTTP adapter")
-        chunks = self._raw_chunks(idle)
+        chunks = self._raw_chunks(next_tick)
         try:
             while not self._closed:
                 self._reading = True
@@ -163,13 +163,13 @@ class RequestsResponse:
                     raise error from exc
                 finally:
                     self._reading = False
-                if chunk or idle is not None:
+                if chunk or next_tick is not None:
                     yield chunk
         finally:
             if self._closed:
                 self._response.close()  # the close() that arrived mid-read left this to us
 
-    def _raw_chunks(self, idle: float | None = None) -> Iterator[bytes]:
+    def _raw_chunks(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
         """Body pieces as they arrive, decoded (perf-and-reliability.md section 4).
 
         A chunked body is read one HTTP chunk at a time (about 3 times cheaper than read1 per 4 KB
@@ -178,7 +178,7 @@ class RequestsResponse:
         """
         raw = self._response.raw
         if isinstance(raw, LeanBody):
-            return raw.iter_chunks(idle)
+            return raw.iter_chunks(next_tick)
         if raw.chunked and raw.supports_chunked_reads():
             return raw.read_chunked(None, decode_content=True)
         return iter(lambda: raw.read1(_READ_SIZE, decode_content=True), b"")

@@ -153,9 +153,12 @@ class AskStream:
         response = self._response
         decoder = SSEDecoder()
         ticking = idle is not None
-        chunks = response.iter_bytes(idle=idle) if ticking else response.iter_bytes()  # type: ignore[call-arg]
+        quiet_since = monotonic()  # the last batch or tick handed out: ticks are `idle` s after it
+        if ticking:
+            chunks = response.iter_bytes(next_tick=lambda: quiet_since + idle - monotonic())  # type: ignore[call-arg]
+        else:
+            chunks = response.iter_bytes()
         batch: list[AskEvent] = []
-        quiet_since = monotonic()
         for chunk in chunks:
             if not chunk:
                 yield None  # an idle tick: nothing arrived for `idle` seconds

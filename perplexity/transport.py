@@ -51,9 +51,9 @@ class TransportResponse(Protocol):
     def iter_bytes(self) -> Iterator[bytes]:
         """Yield body chunks (content-encoding removed) as soon as they arrive.
 
-        A response whose `supports_idle` attribute is true also takes `iter_bytes(idle=seconds)`: it then
-        yields b"" after each `idle` seconds without a byte (the read timeout still applies), and its
-        `buffered` property tells whether the next chunk has already arrived.
+        A response whose `supports_idle` attribute is true also takes `iter_bytes(next_tick=f)`: it then
+        yields b"" whenever `f()` (seconds until the caller's next tick) runs out with no byte in (the read
+        timeout still applies), and its `buffered` property tells whether the next chunk has arrived.
         """
         ...
 

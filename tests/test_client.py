@@ -390,3 +390,12 @@ def test_ticks_need_a_transport_that_can_time_a_wait(fake):
         with pytest.raises(ValueError, match="idle"):
             stream.ticks(1.0)
         assert "".join(e.text for e in stream if isinstance(e, AnswerDelta))
+
+
+def test_ticks_keep_their_pace_when_upstream_pings_match_the_interval(fake, client):
+    """Ticks count from the last tick, not from the last byte: pings every `idle` s do not halve their rate."""
+    fake.enqueue(Reply(answer="late", first_byte_delay=1.5, heartbeat_every=0.3))
+    with client.ask("q") as stream:
+        items = list(stream.ticks(0.3))
+    ticks = next(i for i, item in enumerate(items) if item is not None)
+    assert ticks >= 4  # about 1.5 / 0.3 = 5; ticks every other ping would give 2 or 3
