@@ -113,6 +113,7 @@ class LeanBody:
         self._framed = True
         self._error: Exception | None = None
         self.read_timeout: float | None = None
+        self.head_bytes = 0  # bytes of the answer received so far while reading its head
         self.status = 0
         self.reason = ""
         self.version = 11
@@ -171,6 +172,7 @@ class LeanBody:
                     raise _StaleConnection
                 raise requests.exceptions.ConnectionError("the server closed the connection without answering")
             received += len(data)
+            self.head_bytes = received
             if received > _MAX_HEAD_BYTES:
                 raise requests.exceptions.ConnectionError("the response head is larger than 256 KiB")
             self._feed(data)
@@ -447,7 +449,7 @@ class LeanHTTPAdapter(BaseAdapter):
                 continue
             except _STALE_ERRORS as exc:
                 conn.close()
-                if reused and raw.status == 0:
+                if reused and raw.head_bytes == 0:  # not one byte of answer: the request was not taken
                     continue
                 raise requests.exceptions.ConnectionError(exc, request=request) from exc
             except TimeoutError as exc:
