@@ -153,7 +153,9 @@ class AskStream:
         response = self._response
         decoder = SSEDecoder()
         ticking = idle is not None
-        quiet_since = monotonic()  # the last batch or tick handed out: ticks are `idle` s after it
+        # The last batch or tick handed out: the transport ticks `idle` s after it, so bytes without events
+        # (the upstream's own `: ping` comments) count as silence too.
+        quiet_since = monotonic()
         if ticking:
             chunks = response.iter_bytes(next_tick=lambda: quiet_since + idle - monotonic())  # type: ignore[call-arg]
         else:
@@ -182,10 +184,6 @@ class AskStream:
             if batch and not (ticking and response.buffered):  # type: ignore[attr-defined]
                 yield batch
                 batch = []
-                quiet_since = monotonic()
-            elif ticking and not batch and monotonic() - quiet_since >= idle:  # type: ignore[operator]
-                # Bytes without events (the upstream's own `: ping` comments) are silence too.
-                yield None
                 quiet_since = monotonic()
         decoder.close()
         self._check_finished("(the connection closed before the answer was complete)")
