@@ -11,9 +11,14 @@ __all__ = ["SSEDecoder", "ServerSentEvent", "iter_events"]
 
 _BOM = b"\xef\xbb\xbf"
 _DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+# Event names Perplexity sends, decoded once (a dict hit is cheaper than a decode per frame).
+_EVENT_NAMES = {b"message": "message", b"end_of_stream": "end_of_stream"}
+_MAX_FAST_NAME = 7 + 64  # "event: " + a name this long at most takes the fast path
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs about 3x more (object.__setattr__ per field), and one of
+# these is built per upstream frame. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class ServerSentEvent:
     """One dispatched event: its type, its data lines joined with `\\n`, the last event id and `retry`."""
 
@@ -94,32 +99,37 @@ class SSEDecoder:
         That is how Perplexity frames every event, one per HTTP chunk; the general line scanner costs
         several times more per 4 KB frame. Anything else (None) goes through the general path.
         """
-        if chunk.endswith(b"\r\n\r\n"):
+        if chunk[-4:] == b"\r\n\r\n":
             eol, size = b"\r\n", 2
-        elif chunk.endswith(b"\n\n") and not chunk.endswith(b"\r\n\n"):
+        elif chunk[-2:] == b"\n\n" and chunk[-3:-2] != b"\r":
             eol, size = b"\n", 1
         else:
             return None
-        end = len(chunk) - 2 * size
-        if chunk.startswith(b"event: "):
-            name_end = chunk.find(eol, 7, end)
-            if name_end < 0:
+        # Line breaks are looked for in str, not bytes: on CPython 3.11 `b"x" in some_bytes` and `bytes.find`
+        # first try their argument as an int and format a TypeError for it, which costs more than the memchr.
+        if chunk[:7] == b"event: ":
+            name, found, _ = chunk[7:_MAX_FAST_NAME].partition(eol)
+            event = _EVENT_NAMES.get(name)
+            if event is None:
+                event = name.decode("utf-8", "replace")
+                if not found or "\r" in event or "\n" in event:
+                    return None
+                event = event or "message"
+            start = 7 + len(name) + size + 6
+            if chunk[start - 6 : start] != b"data: ":
                 return None
-            name = chunk[7:name_end]
-            start = name_end + size
+        elif chunk[:6] == b"data: ":
+            event, start = "message", 6
         else:
-            name, start = b"message", 0
-        if not chunk.startswith(b"data: ", start):
             return None
-        start += 6
-        # Exactly one data line: no other CR or LF in it (and none inside the event name).
-        if chunk.find(b"\n", start, end) >= 0 or chunk.find(b"\r", start, end) >= 0 or b"\r" in name or b"\n" in name:
-            return None
-        if start == end:
-            return None  # an empty data line: the general path applies the spec's rules
-        self._check_length(end - start + 6)  # the whole line, as the general path counts it
+        end = len(chunk) - 2 * size
         data = chunk[start:end].decode("utf-8", "replace")
-        return ServerSentEvent(name.decode("utf-8", "replace") or "message", data, self._id, None)
+        # Exactly one non-empty data line: no other CR or LF in it (an empty one follows the spec's rules in
+        # the general path).
+        if not data or "\n" in data or "\r" in data:
+            return None
+        self._check_length(end - start + 6)  # the whole line in bytes, as the general path counts it
+        return ServerSentEvent(event, data, self._id, None)
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         """Hold the first bytes until it is clear whether they are a UTF-8 BOM, and drop it if so."""

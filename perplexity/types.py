@@ -101,14 +101,16 @@ class ClarifyingQuestion:
 # ---- answer events, in the order a consumer sees them ----------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# AnswerDelta and ReasoningDelta are built once per streamed chunk: not frozen, whose __init__ costs about twice
+# as much (object.__setattr__ per field). Treat them as immutable all the same.
+@dataclass(slots=True)
 class AnswerDelta:
     """New answer text; concatenating every delta gives the answer (append-only)."""
 
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReasoningDelta:
     """New reasoning/plan text (goals, search steps, thinking), append-only."""
 

@@ -273,3 +273,41 @@ def test_chunking_never_changes_the_events(events, endings, bom, data):
     cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=12))
     assert decode_split(body, cuts) == whole
     assert decode_bytewise(body) == whole
+
+
+# --- property: the one-event-per-chunk fast path agrees with the general line scanner ----------------
+
+# Pieces that build chunks close to Perplexity's framing, and the near misses the fast path must refuse.
+FRAME_PIECES = st.sampled_from(
+    [b"event: ", b"message", b"end_of_stream", b"data: ", b"data:", b"{", b"}", b"x", b"\xc3\xa9", b"\xff", b" "]
+    + [b"\r\n", b"\n", b"\r", b"\r\n\r\n", b"\n\n", b":", b"id: 7", b"event:"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(FRAME_PIECES, max_size=12), ending=st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\n\n", b""]))
+def test_fast_path_agrees_with_the_line_scanner(pieces, ending):
+    chunk = b"".join(pieces) + ending
+    decoder = SSEDecoder()
+    first = decoder.feed(chunk)  # one whole chunk into a fresh decoder: the fast path's case
+    assert first + decoder.close() == decode_bytewise(chunk)
+
+
+def test_fast_path_takes_perplexity_frames():
+    body = b'event: message\r\ndata: {"a": "\xc3\xa9"}\r\n\r\n'
+    assert SSEDecoder()._single_event(body) == ServerSentEvent("message", '{"a": "\u00e9"}')
+    assert SSEDecoder()._single_event(b"event: end_of_stream\r\ndata: {}\r\n\r\n").event == "end_of_stream"
+    assert SSEDecoder()._single_event(b"data: 1\n\n") == ServerSentEvent("message", "1")
+    # Near misses go to the general path (None), never to a wrong event.
+    near_misses = (
+        b"event: a\rb\r\ndata: 1\r\n\r\n",
+        b"event: a\nb\n\ndata: 1\n\n",
+        b"data: 1\r2\r\n\r\n",
+        b"data: 1\n2\r\n\r\n",
+        b"data: 1\r\n\n",
+        b"data: 1\ndata: 2\n\n",
+        b"data: \n\n",
+        b"event: message\r\nid: 1\r\n\r\n",
+    )
+    for near in near_misses:
+        assert SSEDecoder()._single_event(near) is None
