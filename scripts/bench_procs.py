@@ -59,7 +59,16 @@ def free_port() -> int:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    """User + system CPU seconds of one process (not its children)."""
+    """User + system CPU seconds of one process, all its threads (not its children).
+
+    On Linux this reads the kernel's CPU clock of that process (clock_gettime on the clock id that
+    clock_getcpuclockid(pid) returns: ((~pid) << 3) | CPUCLOCK_SCHED), which counts nanoseconds; psutil's
+    user/system times count scheduler ticks (10 ms here), too coarse for a stream that costs 30 ms in all.
+    Elsewhere, or if the clock cannot be read, psutil's times.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            return time.clock_gettime(((~proc.pid) << 3) | 2)
     times = proc.cpu_times()
     return float(times.user + times.system)
 
