@@ -8,7 +8,9 @@
 Everything runs on 127.0.0.1: the fake upstream in its own process, gunicorn (`app:app`, one gevent worker) pointed
 at it, and the measuring client in this process. Five figures, each beside the issue's target and the seed's value:
 non-streamed latency, time to first token, worker CPU per streamed chunk with 4 KB upstream frames, open streams
-per worker with their memory, and how fast the upstream is released after a client leaves. See scripts/README.md.
+per worker with their memory, and how fast the upstream is released after a client leaves. The first three also
+run through the "stack floor" (bench_floor.py: a minimal Flask + requests pass-through under the same gunicorn
+settings; --no-floor skips it), so the report can tell the stack's cost from our code's. See scripts/README.md.
 Speeds are noisy on a small shared machine: read the ratios and the side-by-side differences, not the absolutes.
 """
 
@@ -54,6 +56,8 @@ ASK_PATH = "/rest/sse/perplexity_ask?version=2.18&source=default"
 COOKIE = "__Secure-next-auth.session-token"
 
 PHASES = ("latency", "ttft", "cpu", "streams", "release")
+FLOOR_PHASES = ("latency", "ttft", "cpu")  # the phases that also measure the stack floor (bench_floor.py)
+FLOOR_APP = "bench_floor:app"
 STAGGER = 10  # release phase: batches the streams are opened in, across one heartbeat interval
 
 
@@ -350,6 +354,34 @@ class Api:
         return count, size, done
 
 
+class Floor(Api):
+    """Chat completions through the stack floor (bench_floor.py), whose `delta.content` is raw upstream bytes."""
+
+    def first_token(self) -> float:
+        """Seconds until the first chunk carrying answer text (the floor also forwards the frames before it)."""
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=self.stream_body, headers=self.headers, stream=True)
+        if r.status_code != 200:
+            raise RuntimeError(f"floor stream failed: HTTP {r.status_code} {r.content[:300]!r}")
+        it = r.iter_content(chunk_size=None)
+        mark = ANSWER_MARK.decode()
+        seen = ""
+        first = None
+        for event in sse_events(it, b"\n\n"):
+            data = event_data(event)
+            if data:
+                seen = seen[-64:] + delta_content(data)
+                if mark in seen:
+                    first = time.perf_counter() - t0
+                    break
+        for _ in it:
+            pass
+        r.close()
+        if first is None:
+            raise RuntimeError("floor stream carried no answer text")
+        return first
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 
 
@@ -357,10 +389,18 @@ class Bench:
     """One benchmark run: owns the children, runs the phases, collects the results."""
 
     def __init__(
-        self, plan: Plan, phases: list[str], *, profile: bool, hold_upstream: str, hold_state: str = "answer"
+        self,
+        plan: Plan,
+        phases: list[str],
+        *,
+        profile: bool,
+        hold_upstream: str,
+        hold_state: str = "answer",
+        floor: bool = True,
     ) -> None:
         self.plan = plan
         self.phases = phases
+        self.use_floor = floor
         self.profile = profile
         self.hold_upstream = hold_upstream
         self.hold_state = hold_state
@@ -372,18 +412,27 @@ class Bench:
         self.holder: HoldProcess | None = None
         self.server: Gunicorn | None = None
         self.worker: psutil.Process | None = None
+        # The stack floor (bench_floor.py) beside the server; floor_error says why it is missing when it failed.
+        self.floor: Gunicorn | None = None
+        self.floor_worker: psutil.Process | None = None
+        self.floor_api: Floor | None = None
+        self.floor_error: str | None = None
 
     # ---- children -----------------------------------------------------------------------------
 
+    def gunicorn_env(self) -> dict[str, str]:
+        """The settings both the server and the floor get (same worker_connections, same heartbeat)."""
+        connections = str(max(10000, self.plan.streams + 500))
+        return {"HEARTBEAT_INTERVAL": str(self.plan.heartbeat), "WORKER_CONNECTIONS": connections}
+
     def start_server(self, name: str, upstream: str) -> None:
         self.stop_server()
-        connections = str(max(10000, self.plan.streams + 500))
         self.server = Gunicorn(
             upstream=upstream,
             token=TOKEN,
             api_key=API_KEY,
             log_path=self.tmp / f"gunicorn-{name}.log",
-            extra_env={"HEARTBEAT_INTERVAL": str(self.plan.heartbeat), "WORKER_CONNECTIONS": connections},
+            extra_env=self.gunicorn_env(),
         )
         self.worker = self.server.wait_ready()
         self.api = Api(self.server.url, API_KEY)
@@ -394,8 +443,44 @@ class Bench:
             self.server = None
             self.worker = None
 
+    def start_floor(self, upstream: str) -> None:
+        """Start the stack floor beside the server; a failure is recorded (floor_error), not fatal to the run."""
+        self.stop_floor()
+        try:
+            self.floor = Gunicorn(
+                upstream=upstream,
+                token=TOKEN,
+                api_key=API_KEY,
+                log_path=self.tmp / "gunicorn-floor.log",
+                extra_env=self.gunicorn_env(),
+                app_spec=FLOOR_APP,
+                pythonpath=Path(__file__).resolve().parent,
+            )
+            self.floor_worker = self.floor.wait_ready()
+            self.floor_api = Floor(self.floor.url, API_KEY)
+            self.floor_error = None
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self.floor_error = f"setup failed: {exc.__class__.__name__}: {str(exc)[:300]}"
+            self.stop_floor()
+
+    def stop_floor(self) -> None:
+        self.floor_api = None
+        self.floor_worker = None
+        if self.floor is not None:
+            self.floor.stop()
+            self.floor = None
+
+    def floor_failed(self, exc: Exception) -> None:
+        """A floor call failed mid-phase: keep the server's figures, drop the floor for the rest of the run."""
+        traceback.print_exc(file=sys.stderr)
+        tail = self.floor.log_tail(10) if self.floor else ""
+        self.floor_error = f"{exc.__class__.__name__}: {str(exc)[:300]}" + (f"\n{tail}" if tail else "")
+        self.stop_floor()
+
     def close(self) -> None:
         try:
+            self.stop_floor()
             self.stop_server()
         finally:
             for child in (self.holder, self.fake):
@@ -413,6 +498,9 @@ class Bench:
         assert self.worker is not None
         return cpu_seconds(self.worker)
 
+    def floor_cpu(self) -> float:
+        return cpu_seconds(self.floor_worker) if self.floor_worker is not None else 0.0
+
     # ---- driver -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -420,8 +508,13 @@ class Bench:
         self.direct = Direct(self.fake.url, TOKEN)
         first = [p for p in ("latency", "ttft", "cpu", "release") if p in self.phases]
         if first and self.setup(first, self.fake.url):
+            if self.use_floor and set(first) & set(FLOOR_PHASES):
+                self.start_floor(self.fake.url)
             for phase in first:
+                if phase not in FLOOR_PHASES:
+                    self.stop_floor()  # idle, but one process less beside the remaining phases
                 self.run_phase(phase)
+            self.stop_floor()
         if "streams" in self.phases and self.setup(["streams"], None):
             self.run_phase("streams")
         self.stop_server()
@@ -469,7 +562,9 @@ class Bench:
             for child in (self.fake, self.holder):
                 if child is not None:
                     child.reset()
-            self.results[name] = getattr(self, f"phase_{name}")()
+            self.results[name] = result = getattr(self, f"phase_{name}")()
+            if name in FLOOR_PHASES and self.use_floor and self.floor_error:
+                result["floor_error"] = self.floor_error
         except Exception as exc:  # one broken phase must not lose the others
             traceback.print_exc(file=sys.stderr)
             tail = self.server.log_tail(15) if self.server else ""
@@ -478,43 +573,70 @@ class Bench:
     # ---- 1. non-streamed latency ----------------------------------------------------------------
 
     def phase_latency(self) -> dict[str, Any]:
-        return self.paired(self.direct.whole, self.api.whole, self.plan.requests, self.plan.warmup)
+        floor = self.floor_api.whole if self.floor_api else None
+        return self.paired(self.direct.whole, self.api.whole, floor, self.plan.requests, self.plan.warmup)
 
     # ---- 2. time to first token ---------------------------------------------------------------
 
     def phase_ttft(self) -> dict[str, Any]:
-        return self.paired(self.direct.first_text, self.api.first_token, self.plan.ttft, max(self.plan.warmup // 2, 5))
+        floor = self.floor_api.first_token if self.floor_api else None
+        warmup = max(self.plan.warmup // 2, 5)
+        return self.paired(self.direct.first_text, self.api.first_token, floor, self.plan.ttft, warmup)
 
     def paired(
-        self, direct_call: Callable[[], float], server_call: Callable[[], float], count: int, warmup: int
+        self,
+        direct_call: Callable[[], float],
+        server_call: Callable[[], float],
+        floor_call: Callable[[], float] | None,
+        count: int,
+        warmup: int,
     ) -> dict[str, Any]:
-        """Time `count` pairs of calls (the small answer), alternating which side goes first; add CPU figures."""
+        """Time `count` rounds of one call per side (the small answer: direct, server and, unless None, the floor),
+        rotating which side goes first; add CPU figures. A failing floor is dropped, the other two go on."""
         assert self.fake is not None
         self.fake.set_reply(Reply(answer=SHORT_ANSWER, chunk_size=1000))
         end = time.monotonic() + self.left(self.plan.phase_seconds)
+        calls = {"direct": direct_call, "server": server_call}
+        if floor_call is not None:
+            calls["floor"] = floor_call
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+
+        def one(name: str) -> float | None:
+            try:
+                return calls[name]()
+            except Exception as exc:
+                if name != "floor":
+                    raise
+                self.floor_failed(exc)
+                del calls["floor"]
+                return None
+
         for _ in range(warmup):
-            direct_call()
-            server_call()
-        direct: list[float] = []
-        server: list[float] = []
-        worker0, fake0 = self.worker_cpu(), cpu_seconds(self.fake.process)
+            for name in list(calls):
+                one(name)
+        worker0, floor0, fake0 = self.worker_cpu(), self.floor_cpu(), cpu_seconds(self.fake.process)
         for i in range(count):
             if time.monotonic() > end:
                 break
-            # Alternate who goes first, so both sides see the same noise.
-            if i % 2:
-                direct.append(direct_call())
-                server.append(server_call())
-            else:
-                server.append(server_call())
-                direct.append(direct_call())
+            # Rotate who goes first (d s f, s f d, f d s), so every side sees the same noise in every position.
+            names = list(calls)
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                if name in calls and (elapsed := one(name)) is not None:
+                    samples[name].append(elapsed)
         worker_cpu = self.worker_cpu() - worker0
+        floor_cpu = self.floor_cpu() - floor0 if "floor" in calls else 0.0
         fake_cpu = cpu_seconds(self.fake.process) - fake0
-        result = side_by_side(direct, server)
+        server = samples["server"]
+        floor = samples.get("floor") if "floor" in calls else None
+        result = side_by_side(samples["direct"], server, floor)
         if server:
             result["worker_cpu_ms_per_request"] = round(worker_cpu / len(server) * 1e3, 3)
-            # The fake served both sides: two asks per pair.
-            result["fake_cpu_ms_per_ask"] = round(fake_cpu / (2 * len(server)) * 1e3, 3)
+        if floor:
+            result["floor_worker_cpu_ms_per_request"] = round(floor_cpu / len(floor) * 1e3, 3)
+        asks = sum(len(v) for v in samples.values())  # the fake served every side
+        if asks:
+            result["fake_cpu_ms_per_ask"] = round(fake_cpu / asks * 1e3, 3)
         return result
 
     # ---- 3. CPU per streamed chunk -------------------------------------------------------------
@@ -577,15 +699,28 @@ class Bench:
         }
         result["short_streams"] = short
         result["offline_breakdown"] = offline_breakdown(raw, self.profile)
-        result["realistic"] = self.cpu_realistic(end)
+        real_frames = realistic_frames(plan.cpu_frames, REALISTIC_DELTA, plan.frame_bytes)
+        result["realistic"] = self.cpu_realistic(real_frames, end)
+        if self.floor_api is not None:
+            # The same bulk and real-shaped streams through the stack floor, after the server's figures. The floor
+            # turns every upstream read into one content chunk: per chunk the client counted, as for the server.
+            floor_end = time.monotonic() + self.left(plan.phase_seconds)
+            try:
+                self.fake.set_reply(Reply(answer=prose(chunk_size * plan.cpu_frames), chunk_size=chunk_size))
+                result.update(self.floor_streams(floor_end, warm=False))
+                self.fake.set_reply(Reply(frames=real_frames))
+                result["realistic"].update(self.floor_streams(floor_end, warm=True))
+            except Exception as exc:
+                self.floor_failed(exc)
+            finally:
+                self.fake.reset()
         return result
 
-    def cpu_realistic(self, end: float) -> dict[str, Any]:
+    def cpu_realistic(self, frames: list[dict[str, Any]], end: float) -> dict[str, Any]:
         """4 KB frames shaped like real ones: a small answer delta (REALISTIC_DELTA chars) plus envelope and
         metadata, as Perplexity sends with send_back_text off. The bulk figure above instead puts ~1.7 KB of new
         answer text in every frame, which makes per-chunk costs scale with text rather than with frames."""
         assert self.fake is not None
-        frames = realistic_frames(self.plan.cpu_frames, REALISTIC_DELTA, self.plan.frame_bytes)
         self.fake.set_reply(Reply(frames=frames))
         self.api.stream_chunks()  # warm up
         worker0 = self.worker_cpu()
@@ -603,6 +738,29 @@ class Bench:
             "streams": streams,
             "content_chunks": chunks,
             "worker_cpu_us_per_chunk": round(worker_cpu / chunks * 1e6, 1) if chunks else None,
+        }
+
+    def floor_streams(self, end: float, *, warm: bool) -> dict[str, Any]:
+        """Read `cpu_streams` streams of the fake's current reply through the floor: its worker CPU per chunk."""
+        assert self.floor_api is not None and self.fake is not None
+        if warm:
+            self.floor_api.stream_chunks()  # as the server's realistic figure: one stream to warm up
+        cpu0, t0 = self.floor_cpu(), time.perf_counter()
+        chunks = streams = 0
+        complete = True
+        while streams < self.plan.cpu_streams and time.monotonic() < end:
+            count, _, done = self.floor_api.stream_chunks()
+            chunks += count
+            streams += 1
+            complete = complete and done
+        wall, floor_cpu = time.perf_counter() - t0, self.floor_cpu() - cpu0
+        return {
+            "floor_streams": streams,
+            "floor_content_chunks": chunks,
+            "floor_all_ended_with_done": complete,
+            "floor_worker_cpu_s": round(floor_cpu, 3),
+            "floor_wall_s": round(wall, 3),
+            "floor_worker_cpu_us_per_chunk": round(floor_cpu / chunks * 1e6, 1) if chunks else None,
         }
 
     def cpu_short_streams(self, chunk_size: int, end: float) -> dict[str, Any]:
@@ -755,16 +913,25 @@ class Bench:
         return result
 
 
-def side_by_side(direct: list[float], server: list[float]) -> dict[str, Any]:
-    """Latency summaries of both sides plus the added p50/p99 and the p50 ratio."""
+def side_by_side(direct: list[float], server: list[float], floor: list[float] | None = None) -> dict[str, Any]:
+    """Latency summaries of both sides plus the added p50/p99 and the p50 ratio; with `floor` (the stack floor's
+    samples) also its summary, its own added p50/p99 over direct and the server's p50/p99 over the floor."""
     d, s = summary_ms(direct), summary_ms(server)
-    return {
+    result: dict[str, Any] = {
         "direct": d,
         "server": s,
         "added_p50_ms": round(s["p50_ms"] - d["p50_ms"], 3),
         "added_p99_ms": round(s["p99_ms"] - d["p99_ms"], 3),
         "ratio_p50": round(s["p50_ms"] / d["p50_ms"], 2) if d["p50_ms"] else None,
     }
+    if floor:
+        f = summary_ms(floor)
+        result["floor"] = f
+        result["floor_added_p50_ms"] = round(f["p50_ms"] - d["p50_ms"], 3)
+        result["floor_added_p99_ms"] = round(f["p99_ms"] - d["p99_ms"], 3)
+        result["over_floor_p50_ms"] = round(s["p50_ms"] - f["p50_ms"], 3)
+        result["over_floor_p99_ms"] = round(s["p99_ms"] - f["p99_ms"], 3)
+    return result
 
 
 def slope_kib(points: list[tuple[int, int]]) -> float | None:
@@ -795,6 +962,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, help="the server's HEARTBEAT_INTERVAL in seconds (default 1)")
     parser.add_argument("--budget", type=float, help="overall time budget in seconds")
     parser.add_argument("--profile", action="store_true", help="cProfile the offline replay of the CPU phase")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="do not run the stack floor (bench_floor.py, a minimal Flask + requests pass-through) beside the server",
+    )
     parser.add_argument(
         "--hold-upstream",
         choices=("light", "fake"),
@@ -845,8 +1017,15 @@ def main(argv: list[str] | None = None) -> int:
     if "streams" in phases and nofile < plan.streams + 200:
         print(f"ulimit -n is {nofile}: holding {nofile - 200} streams instead of {plan.streams}", file=sys.stderr)
         plan.streams = max(1, nofile - 200)
-    bench = Bench(plan, phases, profile=args.profile, hold_upstream=args.hold_upstream, hold_state=args.hold_state)
-    report: dict[str, Any] = {"machine": machine(), "plan": asdict(plan), "nofile": nofile}
+    bench = Bench(
+        plan,
+        phases,
+        profile=args.profile,
+        hold_upstream=args.hold_upstream,
+        hold_state=args.hold_state,
+        floor=not args.no_floor,
+    )
+    report: dict[str, Any] = {"machine": machine(), "plan": asdict(plan), "nofile": nofile, "floor": not args.no_floor}
     try:
         report["results"] = bench.run()
     except KeyboardInterrupt:

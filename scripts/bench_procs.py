@@ -1,7 +1,8 @@
 """Child processes for scripts/bench.py: the fake Perplexity upstream and gunicorn, each stopped by its own PID.
 
 The fake runs in its own process (its own GIL, CPU time and fd limit), driven over a pipe: the benchmark sets the
-default reply, reads the open-stream gauge and resets it. gunicorn runs `app:app` with one gevent worker against it.
+default reply, reads the open-stream gauge and resets it. gunicorn runs `app:app` (or the stack floor,
+`bench_floor:app`) with one gevent worker against it.
 Everything binds to 127.0.0.1; nothing here ever talks to another host.
 """
 
@@ -182,9 +183,25 @@ class FakeProcess(ChildProcess):
 
 
 class Gunicorn:
-    """`python -m gunicorn app:app` with one gevent worker, on a free 127.0.0.1 port."""
+    """`python -m gunicorn app:app` with one gevent worker, on a free 127.0.0.1 port.
 
-    def __init__(self, *, upstream: str, token: str, api_key: str, log_path: Path, extra_env: dict[str, str]) -> None:
+    `app_spec` names another WSGI app (`bench_floor:app`: the stack floor) run with the same flags, environment
+    and the repository's gunicorn.conf.py (the cwd is the repository root); `pythonpath` is added to the worker's
+    sys.path (gunicorn's --pythonpath) for apps that live outside the root, such as scripts/.
+    """
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        token: str,
+        api_key: str,
+        log_path: Path,
+        extra_env: dict[str, str],
+        app_spec: str = "app:app",
+        pythonpath: Path | None = None,
+    ) -> None:
+        self.app_spec = app_spec
         self.port = free_port()
         self.url = require_loopback(f"http://{HOST}:{self.port}")
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES) and k not in _SCRUBBED_NAMES}
@@ -209,7 +226,8 @@ class Gunicorn:
             sys.executable,
             "-m",
             "gunicorn",
-            "app:app",
+            app_spec,
+            *(("--pythonpath", str(pythonpath)) if pythonpath is not None else ()),
             "--bind",
             f"{HOST}:{self.port}",
             "--workers",
@@ -238,7 +256,9 @@ class Gunicorn:
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"gunicorn ({self.app_spec}) exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
                 with contextlib.suppress(requests.RequestException):
                     if session.get(self.url + "/health", timeout=1).status_code == 200:
                         workers = psutil.Process(self.proc.pid).children()
@@ -248,7 +268,7 @@ class Gunicorn:
                 time.sleep(0.05)
         finally:
             session.close()
-        raise RuntimeError(f"gunicorn did not become ready within {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"gunicorn ({self.app_spec}) did not become ready within {timeout} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of gunicorn's output (for error messages)."""

@@ -5,6 +5,7 @@
     python scripts/bench_profile.py nonstream        # non-streamed chat completions in a loop
     python scripts/bench_profile.py stream           # streamed completions of 4 KB upstream frames
     python scripts/bench_profile.py hold --streams 2000   # idle open streams (heartbeats only)
+    python scripts/bench_profile.py nonstream --floor     # the stack floor (bench_floor.py) instead of the server
 
 Same setup as scripts/bench.py (fake upstream in its own process, gunicorn with one gevent worker, 127.0.0.1
 only). py-spy samples the worker for `--seconds`; the raw stacks are kept in `--out` and the functions with the
@@ -68,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=2000, help="upstream frames per stream (stream workload)")
     parser.add_argument("--top", type=int, default=30, help="functions listed per table")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-py-spy.txt"), help="raw py-spy stacks")
+    parser.add_argument(
+        "--floor", action="store_true", help="profile the stack floor (bench_floor.py) instead of the server"
+    )
     args = parser.parse_args(argv)
+    if args.floor and args.workload == "hold":
+        raise SystemExit("--floor profiles nonstream, stream or realistic only")
     spy_bin = shutil.which("py-spy")
     if spy_bin is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -85,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.workload == "hold":
             run.holder = HoldProcess(bench.TOKEN, heartbeat=plan.heartbeat, prefix=run.answer_prefix())
             upstream = run.holder.url
-        run.start_server("profile", upstream)
-        assert run.server is not None and run.worker is not None
+        if args.floor:
+            run.start_floor(upstream)
+            if run.floor_api is None or run.floor_worker is None:
+                raise SystemExit(f"the stack floor did not start: {run.floor_error}")
+            api, worker = run.floor_api, run.floor_worker
+        else:
+            run.start_server("profile", upstream)
+            assert run.server is not None and run.worker is not None
+            api, worker = run.api, run.worker
         if args.workload == "stream":
             size = run.calibrate_chunk_size()
             run.fake.set_reply(Reply(answer=bench.prose(size * args.frames), chunk_size=size))
@@ -96,20 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         elif args.workload == "nonstream":
             run.fake.set_reply(Reply(answer=bench.SHORT_ANSWER, chunk_size=1000))
             for _ in range(50):
-                run.api.whole()
+                api.whole()
         else:
+            assert run.server is not None
             herd = Herd(run.server.port, run.api.raw_stream_request(run.server.port))
             herd.open(args.streams, ramp=250, deadline=time.monotonic() + 90)
             print(f"holding {herd.held} streams", file=sys.stderr)
-        command = [spy_bin, "record", "--pid", str(run.worker.pid), "--rate", str(args.rate)]
+        command = [spy_bin, "record", "--pid", str(worker.pid), "--rate", str(args.rate)]
         command += ["--duration", str(int(seconds)), "--format", "raw", "--nonblocking", "-o", str(args.out)]
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         end = time.monotonic() + seconds + 15
         while spy.poll() is None and time.monotonic() < end:
             if args.workload == "nonstream":
-                run.api.whole()
+                api.whole()
             elif args.workload in ("stream", "realistic"):
-                run.api.stream_chunks()
+                api.stream_chunks()
             else:
                 assert herd is not None
                 herd.pump(0.5)
@@ -117,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("py-spy did not finish in time")
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed: {(spy.stderr.read() if spy.stderr else b'').decode()[-500:]}")
-        print(f"{args.workload}: worker {run.worker.pid}, {seconds:.0f} s at {args.rate} Hz; stacks in {args.out}")
+        what = "floor worker" if args.floor else "worker"
+        print(f"{args.workload}: {what} {worker.pid}, {seconds:.0f} s at {args.rate} Hz; stacks in {args.out}")
         print(summarize(args.out, args.top))
         return 0
     finally:

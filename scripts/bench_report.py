@@ -6,7 +6,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["SEED", "STAGES", "TARGET", "details", "machine", "table"]
+__all__ = ["SEED", "STAGES", "TARGET", "details", "floor_line", "machine", "table"]
 
 # The issue's requirement, and the seed's figures measured on the same rig (quoted in scripts/README.md).
 TARGET = {"added_ms": 1.0, "ttft_added_ms": 1.5, "cpu_us": 20.0, "streams": 5000, "kib": 64.0, "release_extra_s": 1.0}
@@ -29,27 +29,46 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("ok" if ok else "MISS")
 
 
+def signed(value: Any, digits: int = 3) -> str:
+    """A difference with its sign (+1.234, -0.012), or "-" when missing."""
+    return fmt(value, digits) if value is None or value != value else f"{value:+,.{digits}f}"
+
+
+def floor_cell(r: dict[str, Any], value: Any, extra: str, digits: int) -> str:
+    """The stack floor's cell: its value and what it adds (or "-", or why it is missing)."""
+    if value is not None:
+        return f"{fmt(value, digits)} ({extra})" if extra else fmt(value, digits)
+    return "(failed, see below)" if r.get("floor_error") else "-"
+
+
 def table(results: dict[str, Any], heartbeat: float) -> str:
-    """The side-by-side table: figure, direct, server, added/ratio, target, seed, verdict."""
-    rows: list[tuple[str, ...]] = [("Figure", "direct", "server", "added / ratio", "target", "seed", "")]
+    """The side-by-side table: figure, direct, server, added/ratio, floor (its added), target, seed, verdict.
+
+    The floor column (the stack floor: bench_floor.py, a minimal Flask + requests pass-through under the same
+    gunicorn settings) is left out when no phase measured it (--no-floor, or only the other phases)."""
+    rows: list[tuple[str, ...]] = [
+        ("Figure", "direct", "server", "added / ratio", "floor (added)", "target", "seed", "")
+    ]
     for key, label, target_key, seed in (
         ("latency", "Non-streamed latency", "added_ms", SEED["added_ms"]),
         ("ttft", "Time to first token", "ttft_added_ms", SEED["ttft"]),
     ):
         r = results.get(key) or {}
         if "direct" not in r:
-            rows.append((label, problem(r), "", "", "", seed, ""))
+            rows.append((label, problem(r), "", "", "", "", seed, ""))
             continue
         limit = TARGET[target_key]
         for q in ("p50", "p99"):
             added = r[f"added_{q}_ms"]
             extra = f" / {fmt(r['ratio_p50'])}x" if q == "p50" else ""
+            floor = (r.get("floor") or {}).get(f"{q}_ms")
             rows.append(
                 (
                     f"{label} {q} (ms)",
                     fmt(r["direct"][f"{q}_ms"], 3),
                     fmt(r["server"][f"{q}_ms"], 3),
-                    f"+{fmt(added, 3)}{extra}",
+                    f"{signed(added)}{extra}",
+                    floor_cell(r, floor, signed(r.get(f"floor_added_{q}_ms")), 3),
                     f"<= +{fmt(limit, 1)} ms" if q == "p50" else "",
                     seed if q == "p50" else "",
                     verdict(added <= limit) if q == "p50" else "",
@@ -58,13 +77,17 @@ def table(results: dict[str, Any], heartbeat: float) -> str:
     r = results.get("cpu") or {}
     if "worker_cpu_us_per_chunk" in r:
         us = r["worker_cpu_us_per_chunk"]
-        ratio = us / r["direct_decode_us_per_frame"] if us and r["direct_decode_us_per_frame"] else None
+        decode = r["direct_decode_us_per_frame"]
+        ratio = us / decode if us and decode else None
+        floor = r.get("floor_worker_cpu_us_per_chunk")
+        floor_ratio = f"{fmt(floor / decode, 1)}x" if floor and decode else ""
         rows.append(
             (
                 f"CPU per streamed chunk, {fmt(r['upstream_frame_bytes_p50'])} B frames (us)",
-                f"{fmt(r['direct_decode_us_per_frame'], 1)} (decode)",
+                f"{fmt(decode, 1)} (decode)",
                 fmt(us, 1),
                 f"{fmt(ratio, 1)}x" if ratio else "-",
+                floor_cell(r, floor, floor_ratio, 1),
                 f"<= {fmt(TARGET['cpu_us'], 0)} us",
                 SEED["cpu_us"],
                 verdict(us <= TARGET["cpu_us"] if us is not None else None),
@@ -79,13 +102,14 @@ def table(results: dict[str, Any], heartbeat: float) -> str:
                     "",
                     fmt(us, 1),
                     "",
+                    floor_cell(r, real.get("floor_worker_cpu_us_per_chunk"), "", 1),
                     f"<= {fmt(TARGET['cpu_us'], 0)} us",
                     SEED["cpu_us"],
                     verdict(us <= TARGET["cpu_us"]),
                 )
             )
     else:
-        rows.append(("CPU per streamed chunk (us)", problem(r), "", "", "", SEED["cpu_us"], ""))
+        rows.append(("CPU per streamed chunk (us)", problem(r), "", "", "", "", SEED["cpu_us"], ""))
     r = results.get("streams") or {}
     if "held" in r:
         rows.append(
@@ -94,6 +118,7 @@ def table(results: dict[str, Any], heartbeat: float) -> str:
                 "-",
                 f"{fmt(r['held'])} / {fmt(r['target'])}",
                 f"{fmt(r['alive_in_window'])} alive",
+                "",
                 f"{fmt(TARGET['streams'])}",
                 SEED["streams"],
                 # A run asking for fewer streams (--quick, --streams) cannot meet or miss the target.
@@ -107,20 +132,21 @@ def table(results: dict[str, Any], heartbeat: float) -> str:
                 "-",
                 fmt(kib, 1),
                 f"slope {fmt(r['kib_per_stream_slope'], 1)}",
+                "",
                 f"<= {fmt(TARGET['kib'], 0)} KiB",
                 "-",
                 verdict(kib <= TARGET["kib"] if kib is not None else None),
             )
         )
     else:
-        rows.append(("Open streams held by one worker", problem(r), "", "", "", SEED["streams"], ""))
+        rows.append(("Open streams held by one worker", problem(r), "", "", "", "", SEED["streams"], ""))
     r = results.get("release") or {}
     limit = heartbeat + TARGET["release_extra_s"]
     for mode in ("rst", "fin"):
         m = r.get(mode) or {}
         label = f"Upstream released after client {mode.upper()}, p50 / max (s)"
         if "p50_s" not in m:
-            rows.append((label, problem(m or r), "", "", "", SEED["release"], ""))
+            rows.append((label, problem(m or r), "", "", "", "", SEED["release"], ""))
             continue
         rows.append(
             (
@@ -128,11 +154,14 @@ def table(results: dict[str, Any], heartbeat: float) -> str:
                 "-",
                 f"{fmt(m['p50_s'], 2)} / {fmt(m['max_s'], 2)}",
                 f"{fmt(m['streams'])} streams, {fmt(m['still_open'])} left",
+                "",
                 f"<= {fmt(limit, 1)} s (HB {fmt(heartbeat, 1)} + 1)",
                 SEED["release"],
                 verdict(m["max_s"] is not None and m["max_s"] <= limit),
             )
         )
+    if not any(row[4] not in ("", "-") for row in rows[1:]):
+        rows = [row[:4] + row[5:] for row in rows]  # no floor measured: no floor column
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -146,14 +175,28 @@ def problem(r: dict[str, Any]) -> str:
 def details(results: dict[str, Any]) -> str:
     """Secondary figures under the table."""
     out: list[str] = []
+    floor = floor_line(results)
+    if floor:
+        out.append(floor)
     for key in ("latency", "ttft"):
         r = results.get(key) or {}
         if "worker_cpu_ms_per_request" in r:
-            out.append(
-                f"{key}: {r['server']['n']} pairs; worker CPU {r['worker_cpu_ms_per_request']} ms per request, "
-                f"fake CPU {r['fake_cpu_ms_per_ask']} ms per ask; mean direct/server "
-                f"{r['direct']['mean_ms']}/{r['server']['mean_ms']} ms"
-            )
+            if "floor" in r:
+                out.append(
+                    f"{key}: {r['server']['n']} rounds of direct/server/floor; worker CPU "
+                    f"{r['worker_cpu_ms_per_request']} ms per request (floor "
+                    f"{r.get('floor_worker_cpu_ms_per_request')}), fake CPU {r['fake_cpu_ms_per_ask']} ms per ask; "
+                    f"mean direct/server/floor {r['direct']['mean_ms']}/{r['server']['mean_ms']}/"
+                    f"{r['floor']['mean_ms']} ms"
+                )
+            else:
+                out.append(
+                    f"{key}: {r['server']['n']} pairs; worker CPU {r['worker_cpu_ms_per_request']} ms per request, "
+                    f"fake CPU {r['fake_cpu_ms_per_ask']} ms per ask; mean direct/server "
+                    f"{r['direct']['mean_ms']}/{r['server']['mean_ms']} ms"
+                )
+        if r.get("floor_error"):
+            out.append(f"{key}: stack floor missing: {str(r['floor_error']).splitlines()[0]}")
     c = results.get("cpu") or {}
     if "content_chunks" in c:
         out.append(
@@ -163,6 +206,15 @@ def details(results: dict[str, Any]) -> str:
             f"{c['content_chunks']:,} content chunks, worker {c['worker_cpu_s']} s CPU in {c['wall_s']} s; "
             f"{c['worker_cpu_us_per_upstream_frame']} us/upstream frame; fake {c['fake_cpu_us_per_frame']} us/frame"
         )
+        if c.get("floor_worker_cpu_us_per_chunk") is not None:
+            real = c.get("realistic") or {}
+            out.append(
+                f"cpu: floor {c['floor_streams']} streams, {c['floor_content_chunks']:,} content chunks (one per "
+                f"upstream read), worker {c['floor_worker_cpu_s']} s CPU in {c['floor_wall_s']} s; real-shaped "
+                f"{real.get('floor_content_chunks')} chunks, {real.get('floor_worker_cpu_us_per_chunk')} us/chunk"
+            )
+        elif c.get("floor_error"):
+            out.append(f"cpu: stack floor missing: {str(c['floor_error']).splitlines()[0]}")
         short = c.get("short_streams") or {}
         if short.get("worker_cpu_us_per_chunk") is not None:
             out.append(
@@ -196,6 +248,27 @@ def details(results: dict[str, Any]) -> str:
         if s.get("first_error"):
             out.append(f"streams: first error: {s['first_error']}")
     return "\n".join(out)
+
+
+def floor_line(results: dict[str, Any]) -> str:
+    """The stack floor's added cost (over direct) and what our code adds on top of it (server - floor)."""
+    lat, ttft, cpu = (results.get(k) or {} for k in ("latency", "ttft", "cpu"))
+    real = cpu.get("realistic") or {}
+    floor_us, real_floor_us = cpu.get("floor_worker_cpu_us_per_chunk"), real.get("floor_worker_cpu_us_per_chunk")
+    if "floor" not in lat and "floor" not in ttft and floor_us is None:
+        return ""
+
+    def minus(a: Any, b: Any, digits: int) -> str:
+        return signed(a - b, digits) if a is not None and b is not None else "-"
+
+    code_us = minus(cpu.get("worker_cpu_us_per_chunk"), floor_us, 1)
+    real_code_us = minus(real.get("worker_cpu_us_per_chunk"), real_floor_us, 1)
+    return (
+        f"stack floor (minimal Flask+requests pass-through): {signed(lat.get('floor_added_p50_ms'))} ms non-stream, "
+        f"{signed(ttft.get('floor_added_p50_ms'))} ms TTFT, {fmt(floor_us, 1)} µs/chunk "
+        f"(real-shaped {fmt(real_floor_us, 1)}); our code adds {signed(lat.get('over_floor_p50_ms'))} ms / "
+        f"{signed(ttft.get('over_floor_p50_ms'))} ms / {code_us} µs (real-shaped {real_code_us}) on top (p50s)"
+    )
 
 
 def machine() -> dict[str, Any]:
