@@ -20,6 +20,7 @@ _TAIL = re.compile(r"(?:\[\d{0,3}\]?|`*)\Z")
 # Clean mode also holds one space, which is dropped if a removed marker follows ("large [2]." -> "large.").
 _CLEAN_TAIL = re.compile(r" ?(?:\[\d{0,3}\]?|`*)\Z")
 _SENTENCE_END = ".!?"
+_TAIL_CHARS = ("", "[", "]", "`", *"0123456789")
 
 
 class CitedSource(Protocol):
@@ -56,6 +57,8 @@ class CitationRenderer:
         self._mode = mode
         self._sources: tuple[CitedSource, ...] = tuple(sources)
         self._tail = _CLEAN_TAIL if mode == "clean" else _TAIL
+        # The last characters a held tail can end with; "" is an empty buffer.
+        self._tail_chars = _TAIL_CHARS + (" ",) if mode == "clean" else _TAIL_CHARS
         self._held = ""
         self._length = 0  # code points emitted so far; annotation indices count these
         self._marks: list[_Mark] = []
@@ -75,7 +78,11 @@ class CitationRenderer:
 
     def feed(self, text: str) -> str:
         """Take the next piece of answer text; return what can be emitted now."""
-        buffer = self._held + text
+        buffer = self._held + text if self._held else text
+        if buffer[-1:] not in self._tail_chars:
+            # Nothing at the end can change with the next chunk (most chunks end in a letter or a space).
+            self._held = ""
+            return self._process(buffer, None) if buffer else ""
         # Only the last few characters (and a trailing backtick run) can be a held tail; searching the whole
         # buffer for a \Z-anchored pattern would try every position.
         ticks = len(buffer) - len(buffer.rstrip("`"))
@@ -191,8 +198,9 @@ class CitationRenderer:
         newline = text.rfind("\n")
         if newline >= 0:
             self._inline = 0
-            self._line_blank = not text[newline + 1 :].strip()
-        elif text.strip():
+            rest = text[newline + 1 :]
+            self._line_blank = not rest or rest.isspace()
+        elif not text.isspace():
             self._line_blank = False
         out.append(text)
         self._length += len(text)

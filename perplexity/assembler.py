@@ -98,7 +98,7 @@ class AnswerAssembler:
         if self.done:
             return []
         events: list[AskEvent] = []
-        self._changed = set()
+        changed = self._changed = set()
         self._read_envelope(frame, events)
         for block in frame.get("blocks") or ():
             if isinstance(block, dict):
@@ -107,13 +107,15 @@ class AnswerAssembler:
         if status not in _KNOWN_STATUSES:
             status = str(status or "").upper()
         terminal = status == "COMPLETED"
-        self._read_text(frame.get("text"), force=terminal)
+        text = frame.get("text")
+        if text is not None:
+            self._read_text(text, force=terminal)
         # Re-derive only what this frame touched: most frames carry just an answer chunk.
-        if self._changed & _SOURCE_USAGES:
+        if not changed.isdisjoint(_SOURCE_USAGES):
             self._update_sources(events)
-        if self._changed & _MEDIA_USAGES or "media_items" in frame:
+        if not changed.isdisjoint(_MEDIA_USAGES) or "media_items" in frame:
             self._update_media(frame, events)
-        if self._changed & _REASONING_USAGES:
+        if not changed.isdisjoint(_REASONING_USAGES):
             self._update_reasoning(events)
         if self._plan_snapshot:
             # A plain pro_search_steps block lists only new steps and is fully read above; keeping it would
@@ -397,7 +399,11 @@ class AnswerAssembler:
         if chunks is not tracked[1] or tracked[2] > len(chunks) or source[1].get("progress") == "DONE":
             return None
         self._tracked = (tracked[0], chunks, len(chunks))
-        return "".join(c for c in chunks[tracked[2] :] if isinstance(c, str))
+        new = chunks[tracked[2] :]
+        try:
+            return "".join(new)
+        except TypeError:  # a non-string chunk: skipped, as markdown_text() does
+            return "".join(c for c in new if isinstance(c, str))
 
     def _track(self, candidate: str | None, emitted: str) -> None:
         """Follow a markdown chunk list on the fast path once everything it holds has been handed out."""

@@ -28,7 +28,7 @@ from api.completion import CompletionMeta, chunk, completion
 from api.conversations import Conversation
 from api.errors import APIError, error_payload
 from api.modelmap import BUILTIN_CATALOGUE, ModelMap, PublicModel
-from api.sse import DONE, chat_chunks
+from api.sse import DONE, ChunkEncoder, chat_chunks, encode
 from api.turn import ChatTurn, TurnLimits
 from perplexity.types import (
     AnswerDelta,
@@ -201,6 +201,21 @@ def test_chunk_schema_describes_every_streamed_chunk(include_usage):
 def test_chunk_schema_describes_chunk_builder(delta, options):
     body = chunk(CompletionMeta("sonar"), delta, **options)
     validate(assert_described(ChatCompletionChunkSchema(), body), "CreateChatCompletionStreamResponse")
+
+
+@pytest.mark.parametrize("with_usage", [False, True])
+def test_chunk_encoder_gives_the_bytes_of_the_chunk_builder(with_usage):
+    meta = CompletionMeta("sonar")
+    tricky = Source('A {"__delta__":0} title', 'https://x.example/?q="a"', "snippet \u2028 \U0001f600")
+    fields = {"citations": [tricky.url], "search_results": [{"title": tricky.title, "url": tricky.url}]}
+    encoder = ChunkEncoder(meta, with_usage=with_usage)
+    for current in ({}, fields, {}):
+        encoder.set_fields(current)
+        for text in ("", "plain", 'quote " and \\ backslash\n', "\u00e9\U0001f600\u2028", '{"__delta__":0}'):
+            expected = encode(chunk(meta, {"content": text}, fields=current, with_usage=with_usage))
+            assert encoder.content(text) == expected
+            delta = {"reasoning_content": text, "reasoning": text}
+            assert encoder.delta(delta) == encode(chunk(meta, delta, fields=current, with_usage=with_usage))
 
 
 def test_chunk_usage_key_is_neither_added_nor_dropped():
