@@ -378,3 +378,122 @@ def test_a_source_replaced_in_place_by_a_patch_is_noticed():
     )
     updates = [e for e in events if isinstance(e, SourcesUpdate)]
     assert [u.sources[0].url for u in updates] == ["https://one.example/", "https://changed.example/"]
+
+
+# ---- the append fast path agrees with the general path ---------------------------------------------------
+
+
+def both_paths(frames):
+    """Feed the same frames through the fast path and through the general path only; return both outcomes."""
+    outcomes = []
+    for fast in (True, False):
+        assembler = AnswerAssembler()
+        assembler._fast = fast
+        steps = []  # what each frame produced and the state after it
+        for f in copy.deepcopy(frames):
+            events = assembler.feed(f)
+            state = (assembler.answer, assembler.completed, assembler.failure, assembler.sources, assembler.media)
+            steps.append((events, state, assembler.model, assembler.thread, assembler.research, assembler.reasoning))
+        outcomes.append(steps)
+    return outcomes
+
+
+def fake_frames(fmt, **options):
+    from perplexity.testing.envelope import AskContext
+    from perplexity.testing.generate import build_frames
+    from perplexity.testing.script import Reply
+
+    ctx = AskContext("q", "turbo", "b1", "c1", "f1", "fc1", "rw", "slug", "cur", "Title")
+    return [f for f in build_frames(ctx, Reply(format=fmt, chunk_size=5, **options)) if f]
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "diff", "workflow", "plaintext"])
+@pytest.mark.parametrize("options", [{}, {"reasoning": True, "revise_final": "Other answer [1]."}, {"research": True}])
+def test_fast_path_agrees_on_every_fake_format(fmt, options):
+    fast, general = both_paths(fake_frames(fmt, **options))
+    assert fast == general
+
+
+def markdown_copy_frames(answer):
+    return markdown_frames(answer, usage="ask_text_0_markdown")
+
+
+@pytest.mark.parametrize("make", [markdown_frames, markdown_copy_frames, diff_frames, workflow_frames, text_frames])
+def test_fast_path_agrees_on_hand_built_formats(make):
+    fast, general = both_paths(make(ANSWER))
+    assert fast == general
+
+
+def test_fast_path_agrees_on_the_streamed_captures():
+    from perplexity.testing import load_capture_frames
+
+    from .conftest import CAPTURES
+
+    for name in (
+        "ak2k-pplx-agent-tools__fetch-url__example-com-prompt__2026-05-13.events.jsonl",
+        "Zykairotis-Perplexity-claude__client_streaming__anon-turbo-concise__2025-10-12.json",
+    ):
+        fast, general = both_paths(load_capture_frames(CAPTURES / name))
+        assert fast == general and any(events for events, *_ in fast), name
+
+
+_CLARIFYING_STEP = {
+    "step_type": "RESEARCH_CLARIFYING_QUESTIONS",
+    "content": {"uuid": "e9", "title": "Focus", "questions": [{"question_text": "Which?", "options": ["A", "B"]}]},
+}
+
+
+def _mutations():
+    """Frames that look like appends but are not, one way each: the fast path must leave all of them alone."""
+    chunk = {"progress": "IN_PROGRESS", "chunks": [" more"], "chunk_starting_offset": 99}
+
+    def md(**changes):
+        return {"intended_usage": "ask_text", "markdown_block": {**chunk, **changes}}
+
+    return {
+        "repaint": frame(blocks=[md(chunk_starting_offset=0, chunks=["Re", "painted"])]),
+        "gap": frame(blocks=[md(chunk_starting_offset=1000)]),
+        "done": frame(blocks=[md(progress="DONE")]),
+        "done, revised": frame(blocks=[md(progress="DONE", answer="Paris is the capital [1]. It is large.")]),
+        "no offset": frame(blocks=[{"intended_usage": "ask_text", "markdown_block": {"chunks": [" x"]}}]),
+        "text too": frame(blocks=[md()], text=json.dumps([{"step_type": "FINAL", "content": {"answer": "{}"}}])),
+        "clarifying text": frame(blocks=[md()], text=json.dumps([_CLARIFYING_STEP])),
+        "model": frame(blocks=[md()], display_model="other"),
+        "thread": frame(blocks=[md()], backend_uuid="b2"),
+        "research": frame(blocks=[md()], search_mode="research"),
+        "media": frame(blocks=[md()], media_items=[{"url": "https://img.example/a.png", "medium": "image"}]),
+        "error": frame(blocks=[md()], error_code="BOOM", status="FAILED"),
+        "error pending": frame(blocks=[md()], error_code="BOOM"),
+        "completed": terminal(blocks=[md()]),
+        "other usage": frame(blocks=[{"intended_usage": "ask_text_1_markdown", "markdown_block": chunk}]),
+        "extra key": frame(blocks=[{**md(), "diff_block": {"field": "markdown_block", "patches": []}}]),
+        "two blocks": frame(blocks=[md(), md()]),
+        "sources": frame(blocks=[md(), {"intended_usage": "web_results", "web_result_block": {"web_results": []}}]),
+        "not a list": frame(blocks=[md(chunks=" x")]),
+        "non-string chunk": frame(blocks=[md(chunks=[" a", 7, " b"])]),
+        "no status": {k: v for k, v in frame(blocks=[md()]).items() if k != "status"},
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_mutations()))
+def test_fast_path_agrees_when_a_frame_is_not_a_plain_append(name):
+    frames = markdown_frames(ANSWER)
+    middle = len(frames) // 2
+    odd = copy.deepcopy(_mutations()[name])
+    for block in odd.get("blocks") or ():
+        if block.get("markdown_block", {}).get("chunk_starting_offset") == 99:
+            block["markdown_block"]["chunk_starting_offset"] = middle - 1  # a true append position
+    fast, general = both_paths([*frames[:middle], odd, *frames[middle:]])
+    assert fast == general
+
+
+def test_fast_path_takes_the_plain_appends():
+    assembler = AnswerAssembler()
+    general = assembler._feed_append
+    taken = []
+    assembler._feed_append = lambda f: taken.append(general(f)) or taken[-1]
+    frames = markdown_frames(ANSWER)
+    events = [event for f in frames for event in assembler.feed(f)]
+    assert deltas(events) == ANSWER
+    # The first answer frame starts the tracking, the terminal one is not an append: all others are fast.
+    assert sum(result is not None for result in taken) == len(frames) - 3
