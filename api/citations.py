@@ -20,7 +20,7 @@ _TAIL = re.compile(r"(?:\[\d{0,3}\]?|`*)\Z")
 # Clean mode also holds one space, which is dropped if a removed marker follows ("large [2]." -> "large.").
 _CLEAN_TAIL = re.compile(r" ?(?:\[\d{0,3}\]?|`*)\Z")
 _SENTENCE_END = ".!?"
-_TAIL_CHARS = ("", "[", "]", "`", *"0123456789")
+_TAIL_CHARS = "[]`0123456789"  # a str: `last in _TAIL_CHARS` is one memchr, and "" (empty buffer) is in it
 
 
 class CitedSource(Protocol):
@@ -58,7 +58,7 @@ class CitationRenderer:
         self._sources: tuple[CitedSource, ...] = tuple(sources)
         self._tail = _CLEAN_TAIL if mode == "clean" else _TAIL
         # The last characters a held tail can end with; "" is an empty buffer.
-        self._tail_chars = _TAIL_CHARS + (" ",) if mode == "clean" else _TAIL_CHARS
+        self._tail_chars = _TAIL_CHARS + " " if mode == "clean" else _TAIL_CHARS
         self._held = ""
         self._length = 0  # code points emitted so far; annotation indices count these
         self._marks: list[_Mark] = []
