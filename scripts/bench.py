@@ -169,6 +169,10 @@ def realistic_frames(count: int, delta: int, frame_bytes: int) -> list[dict[str,
     return frames
 
 
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
 def prose(size: int) -> str:
     """`size` characters of ASCII markdown prose citing sources [1] to [3]."""
     words = "the server streams answers from perplexity with sources and reasoning to any openai client".split()
@@ -702,14 +706,13 @@ class Bench:
         real_frames = realistic_frames(plan.cpu_frames, REALISTIC_DELTA, plan.frame_bytes)
         result["realistic"] = self.cpu_realistic(real_frames, end)
         if self.floor_api is not None:
-            # The same bulk and real-shaped streams through the stack floor, after the server's figures. The floor
+            # The same bulk streams through the stack floor, after the server's figures (the real-shaped ones were
+            # interleaved above). The floor
             # turns every upstream read into one content chunk: per chunk the client counted, as for the server.
             floor_end = time.monotonic() + self.left(plan.phase_seconds)
             try:
                 self.fake.set_reply(Reply(answer=prose(chunk_size * plan.cpu_frames), chunk_size=chunk_size))
-                result.update(self.floor_streams(floor_end, warm=False))
-                self.fake.set_reply(Reply(frames=real_frames))
-                result["realistic"].update(self.floor_streams(floor_end, warm=True))
+                result.update(self.floor_streams(floor_end))
             except Exception as exc:
                 self.floor_failed(exc)
             finally:
@@ -719,32 +722,57 @@ class Bench:
     def cpu_realistic(self, frames: list[dict[str, Any]], end: float) -> dict[str, Any]:
         """4 KB frames shaped like real ones: a small answer delta (REALISTIC_DELTA chars) plus envelope and
         metadata, as Perplexity sends with send_back_text off. The bulk figure above instead puts ~1.7 KB of new
-        answer text in every frame, which makes per-chunk costs scale with text rather than with frames."""
+        answer text in every frame, which makes per-chunk costs scale with text rather than with frames.
+
+        With the floor running, streams alternate between the server and the floor (rotating which goes first) and
+        each side's figure is the median over its streams: one stream is short enough (about 50 ms of CPU) for the
+        machine's drift between two back-to-back blocks of streams to swamp the difference being measured."""
         assert self.fake is not None
         self.fake.set_reply(Reply(frames=frames))
-        self.api.stream_chunks()  # warm up
-        worker0 = self.worker_cpu()
-        chunks = streams = 0
-        while streams < self.plan.cpu_streams and time.monotonic() < end:
-            chunks += self.api.stream_chunks()[0]
-            streams += 1
-        worker_cpu = self.worker_cpu() - worker0
-        self.fake.reset()
+        sides: list[tuple[str, Any, Callable[[], float]]] = [("server", self.api, self.worker_cpu)]
+        if self.floor_api is not None:
+            sides.append(("floor", self.floor_api, self.floor_cpu))
+        per_stream: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+        chunks = dict.fromkeys(per_stream, 0)
+        try:
+            for _, api, _ in sides:
+                api.stream_chunks()  # warm up
+            rounds = 2 * self.plan.cpu_streams
+            for i in range(rounds):
+                if time.monotonic() > end and i >= 2:
+                    break
+                for name, api, cpu in sides if i % 2 == 0 else sides[::-1]:
+                    before = cpu()
+                    count = api.stream_chunks()[0]
+                    if count:
+                        per_stream[name].append((cpu() - before) / count * 1e6)
+                        chunks[name] += count
+        except Exception as exc:
+            if not per_stream["server"] or "floor" not in per_stream:
+                raise
+            self.floor_failed(exc)  # the floor broke mid-phase: keep the server's streams
+        finally:
+            self.fake.reset()
         sizes = sorted(len(orjson.dumps(f)) for f in frames[1:-2])
-        return {
+        result: dict[str, Any] = {
             "delta_chars": REALISTIC_DELTA,
             "frame_bytes_p50": sizes[len(sizes) // 2],
             "frames_per_stream": len(frames) - 1,
-            "streams": streams,
-            "content_chunks": chunks,
-            "worker_cpu_us_per_chunk": round(worker_cpu / chunks * 1e6, 1) if chunks else None,
+            "streams": len(per_stream["server"]),
+            "content_chunks": chunks["server"],
+            "worker_cpu_us_per_chunk": _median(per_stream["server"]),
+            "worker_cpu_us_per_stream": [round(v, 1) for v in per_stream["server"]],
         }
+        if per_stream.get("floor"):
+            result["floor_streams"] = len(per_stream["floor"])
+            result["floor_content_chunks"] = chunks["floor"]
+            result["floor_worker_cpu_us_per_chunk"] = _median(per_stream["floor"])
+            result["floor_worker_cpu_us_per_stream"] = [round(v, 1) for v in per_stream["floor"]]
+        return result
 
-    def floor_streams(self, end: float, *, warm: bool) -> dict[str, Any]:
+    def floor_streams(self, end: float) -> dict[str, Any]:
         """Read `cpu_streams` streams of the fake's current reply through the floor: its worker CPU per chunk."""
         assert self.floor_api is not None and self.fake is not None
-        if warm:
-            self.floor_api.stream_chunks()  # as the server's realistic figure: one stream to warm up
         cpu0, t0 = self.floor_cpu(), time.perf_counter()
         chunks = streams = 0
         complete = True

@@ -207,14 +207,19 @@ def details(results: dict[str, Any]) -> str:
             f"{c['worker_cpu_us_per_upstream_frame']} us/upstream frame; fake {c['fake_cpu_us_per_frame']} us/frame"
         )
         if c.get("floor_worker_cpu_us_per_chunk") is not None:
-            real = c.get("realistic") or {}
             out.append(
                 f"cpu: floor {c['floor_streams']} streams, {c['floor_content_chunks']:,} content chunks (one per "
-                f"upstream read), worker {c['floor_worker_cpu_s']} s CPU in {c['floor_wall_s']} s; real-shaped "
-                f"{real.get('floor_content_chunks')} chunks, {real.get('floor_worker_cpu_us_per_chunk')} us/chunk"
+                f"upstream read), worker {c['floor_worker_cpu_s']} s CPU in {c['floor_wall_s']} s"
             )
         elif c.get("floor_error"):
             out.append(f"cpu: stack floor missing: {str(c['floor_error']).splitlines()[0]}")
+        real = c.get("realistic") or {}
+        if real.get("worker_cpu_us_per_stream"):
+            per_stream = real["worker_cpu_us_per_stream"]
+            line = f"cpu: real-shaped us/chunk per stream (the table shows medians): server {per_stream}"
+            if real.get("floor_worker_cpu_us_per_stream"):
+                line += f", floor {real['floor_worker_cpu_us_per_stream']} (streams interleaved)"
+            out.append(line)
         short = c.get("short_streams") or {}
         if short.get("worker_cpu_us_per_chunk") is not None:
             out.append(
