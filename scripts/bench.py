@@ -169,6 +169,15 @@ def realistic_frames(count: int, delta: int, frame_bytes: int) -> list[dict[str,
     return frames
 
 
+# The server's upstream HTTP engine (--engine): the settings that select it. The benchmark's loopback upstream gets
+# the lean adapter by default; perplexity.ai gets curl_cffi (Chrome impersonation, for Cloudflare).
+ENGINES: dict[str, dict[str, str]] = {
+    "lean": {"PERPLEXITY_IMPERSONATE": "off", "PERPLEXITY_HTTP_ADAPTER": "lean"},
+    "urllib3": {"PERPLEXITY_IMPERSONATE": "off", "PERPLEXITY_HTTP_ADAPTER": "urllib3"},
+    "curl": {"PERPLEXITY_IMPERSONATE": "chrome"},
+}
+
+
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
@@ -401,10 +410,12 @@ class Bench:
         hold_upstream: str,
         hold_state: str = "answer",
         floor: bool = True,
+        engine: str = "lean",
     ) -> None:
         self.plan = plan
         self.phases = phases
         self.use_floor = floor
+        self.engine = engine
         self.profile = profile
         self.hold_upstream = hold_upstream
         self.hold_state = hold_state
@@ -436,7 +447,7 @@ class Bench:
             token=TOKEN,
             api_key=API_KEY,
             log_path=self.tmp / f"gunicorn-{name}.log",
-            extra_env=self.gunicorn_env(),
+            extra_env={**self.gunicorn_env(), **ENGINES[self.engine]},
         )
         self.worker = self.server.wait_ready()
         self.api = Api(self.server.url, API_KEY)
@@ -991,6 +1002,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, help="overall time budget in seconds")
     parser.add_argument("--profile", action="store_true", help="cProfile the offline replay of the CPU phase")
     parser.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        default="lean",
+        help="the server's upstream HTTP engine: lean (default), urllib3, or curl (curl_cffi, as for perplexity.ai)",
+    )
+    parser.add_argument(
         "--no-floor",
         action="store_true",
         help="do not run the stack floor (bench_floor.py, a minimal Flask + requests pass-through) beside the server",
@@ -1052,8 +1069,10 @@ def main(argv: list[str] | None = None) -> int:
         hold_upstream=args.hold_upstream,
         hold_state=args.hold_state,
         floor=not args.no_floor,
+        engine=args.engine,
     )
     report: dict[str, Any] = {"machine": machine(), "plan": asdict(plan), "nofile": nofile, "floor": not args.no_floor}
+    report["engine"] = args.engine
     try:
         report["results"] = bench.run()
     except KeyboardInterrupt:
@@ -1068,7 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stderr if args.json == "-" else sys.stdout  # `--json -`: stdout carries only the JSON
     print(file=out)
     print(f"{command.strip()}  ({report['elapsed_s']} s; {report['machine']['cpus']} CPUs, "
-          f"Python {report['machine']['python']}, load {report['machine']['loadavg_start']})", file=out)  # fmt: skip
+          f"Python {report['machine']['python']}, load {report['machine']['loadavg_start']}; "
+          f"server engine {args.engine})", file=out)  # fmt: skip
     print(table(results, plan.heartbeat), file=out)
     extra = details(results)
     if extra:
