@@ -238,14 +238,6 @@ def turn_pieces(
         batches.close()  # releases the reader at once, not when the generator is collected
 
 
-def _piece_chunk(encoder: ChunkEncoder, piece: Piece) -> bytes | None:
-    if piece.kind == "content":
-        return encoder.content(piece.text)
-    if piece.kind == "reasoning":
-        return encoder.delta({"reasoning_content": piece.text, "reasoning": piece.text})
-    return None  # sources ride on the next chunk; finish is sent once at the end
-
-
 def guarded(
     body: Iterator[bytes], stream: AskStream, on_error: Callable[[BaseException], None] | None
 ) -> Iterator[bytes]:
@@ -301,18 +293,21 @@ def _chat_body(
             continue
         out: list[bytes] = []
         for piece in pieces:
-            if piece.kind == "sources":
-                encoder.set_fields(extras(turn, meta, final=False))
+            kind = piece.kind
+            if kind == "sources":
+                encoder.set_fields(extras(turn, meta, final=False))  # they ride on this and later chunks
             if not started:
                 started = True
                 out.append(encoder.delta({"role": "assistant", "content": ""}))
-            encoded = _piece_chunk(encoder, piece)
-            if encoded:
-                out.append(encoded)
-            if piece.kind == "content" and not first_token:
-                first_token = True
-                if on_first_token is not None:
-                    on_first_token()
+            if kind == "content":
+                out.append(encoder.content(piece.text))
+                if not first_token:
+                    first_token = True
+                    if on_first_token is not None:
+                        on_first_token()
+            elif kind == "reasoning":
+                out.append(encoder.delta({"reasoning_content": piece.text, "reasoning": piece.text}))
+            # "finish" is sent once, by _closing
         if out:
             yield b"".join(out)
     yield _closing(turn, meta, prompt_text, include_usage, started)

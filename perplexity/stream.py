@@ -192,7 +192,7 @@ class AskStream:
         if self._pending:
             yield self._pending
 
-    def _frame(self, data: str) -> Iterator[AskEvent]:
+    def _frame(self, data: str) -> list[AskEvent]:
         try:
             frame: Any = loads(data)
         except JSONDecodeError as exc:
@@ -206,10 +206,11 @@ class AskStream:
                 partial_answer=self.answer,
             )
         self.frames += 1
-        for event in self._assembler.feed(frame):
-            if isinstance(event, Failed):
-                raise _failure(event, self.answer)
-            yield event
+        events = self._assembler.feed(frame)
+        # A failed run ends with its Failed event (the assembler adds nothing after it).
+        if events and isinstance(events[-1], Failed):
+            raise _failure(events[-1], self.answer)
+        return events
 
     def _check_finished(self, when: str) -> None:
         if self._assembler.completed is None:
