@@ -24,26 +24,18 @@ from .transport import _host, _read_limited, parse_set_cookies
 if TYPE_CHECKING:
     from curl_cffi import Curl
 
-    # An easy handle and the multi handle that drives it (and keeps its connection alive).
-    _Pair = tuple[Curl, Any]
-
 __all__ = ["CurlResponse", "CurlTransport"]
 
 
-# libcurl ABI constants (curl/curl.h); returning them from a write callback pauses or fails the transfer.
-_WRITEFUNC_PAUSE = 0x10000001
+# libcurl ABI constants (curl/curl.h); returning _WRITEFUNC_ERROR from a write callback fails the transfer.
 _WRITEFUNC_ERROR = 0xFFFFFFFF
-_CURLPAUSE_CONT = 0
 _CURLMSG_DONE = 1
 _CURLE_OPERATION_TIMEDOUT = 28
+_CURL_SOCKET_TIMEOUT = -1
+_CSELECT_IN, _CSELECT_OUT = 0x01, 0x02
 # Failures before anything was sent: proxy/host lookup, TCP connect, TLS handshake and certificate checks.
 _CURL_CONNECT_CODES = frozenset({5, 6, 7, 35, 45, 58, 59, 60, 77, 83, 90, 91})
-# A transfer waits (paused) once this much body is unread, and resumes below the low mark.
-_HIGH_WATER = 1 << 20
-_LOW_WATER = 256 << 10
 _MAX_POLL_MS = 1000
-# How much longer than the transfer's own deadlines a reader waits before giving up on a worker thread.
-_WATCHDOG_SLACK = 10.0
 
 
 def _curl_error(code: int, host: str, *, sent: bool, in_body: bool) -> TransportError:
@@ -90,113 +82,257 @@ class _End:
         self.error = error
 
 
-class _CurlTransfer:
-    """One transfer of a pooled (easy, multi) handle pair; the multi lets another thread wake it.
+class _Timer:
+    """A libcurl timer as `_HubDriver.call_later` hands it out: `when` is None once cancelled."""
 
-    The multi handle holds the live connection between transfers, so the pair is pooled as one.
-    `step()` runs curl until it has something new or must wait, then waits for the socket. It is
-    called either by the reader itself (no gevent) or in a loop by one worker thread (gevent). The curl
-    callbacks append `_Head`, body bytes and finally one `_End` to `items`, a deque the reader pops
-    from; `produced`/`consumed` are each written by one side only, so no lock is needed. `abort()`,
-    `wake_if_drained()` and `dispose()` run only in the reader's thread (the hub, under gevent), and
-    `dispose()` only once no thread drives the transfer, so a wake-up never meets a recycled handle.
+    __slots__ = ("when",)
+
+    def __init__(self, when: float | None) -> None:
+        self.when = when
+
+    def cancel(self) -> None:
+        self.when = None
+
+
+class _HubDriver:
+    """Lets a greenlet wait on the gevent hub for what one multi handle waits for: no thread per transfer.
+
+    libcurl's event interface says which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to call
+    back anyway (CURLMOPT_TIMERFUNCTION); `curl_multi_socket_action` then runs the transfer without
+    blocking. curl_cffi compiles both callbacks for its asyncio `AsyncCurl`; they touch only `loop`
+    (`add_reader`, `add_writer`, `remove_reader`, `remove_writer`, `call_later`), `_sockfds`, `_timer`
+    and `process_data` of the object registered with them, so this class offers exactly those, backed
+    by gevent io watchers. A watcher that fires only records readiness, stops (no busy loop while the
+    reader is away writing to its client) and wakes the reader; every libcurl call happens in the
+    reader's greenlet, which also gives natural back-pressure: curl reads the socket only when asked.
     """
 
-    def __init__(
-        self,
-        pair: _Pair,
-        host: str,
-        timeout: tuple[float, float],
-        release: Callable[[_Pair, bool], None],
-    ) -> None:
+    def __init__(self, multi: Any, hub: Any) -> None:
+        import curl_cffi.aio  # noqa: F401  (defines the Python side of the compiled callbacks)
+        from curl_cffi import CurlMOpt, ffi, lib
+        from gevent.event import Event
+
+        self.hub = hub
+        self.loop = self  # the compiled callbacks call `self.loop.add_reader(...)` and so on
+        self._sockfds: set[int] = set()
+        self._timer: _Timer | None = None
+        self._io_loop = hub.loop
+        self._watchers: dict[tuple[int, int], Any] = {}  # (fd, CSELECT bit) -> io watcher
+        self.ready: dict[int, int] = {}  # fd -> CSELECT bits seen since the last socket_action
+        self.wakeup = Event()
+        self._handle = ffi.new_handle(self)  # must outlive the multi handle's use of it
+        for option, value in (
+            (CurlMOpt.SOCKETFUNCTION, lib.socket_function),
+            (CurlMOpt.TIMERFUNCTION, lib.timer_function),
+            (CurlMOpt.SOCKETDATA, self._handle),
+            (CurlMOpt.TIMERDATA, self._handle),
+        ):
+            if lib.curl_multi_setopt(multi, option, value) != 0:
+                raise ConfigurationError("this libcurl cannot drive transfers from the gevent hub")
+
+    # -- what the compiled callbacks call --
+
+    def add_reader(self, fd: int, _callback: Any, *_args: Any) -> None:
+        self._watch(fd, _CSELECT_IN)
+
+    def add_writer(self, fd: int, _callback: Any, *_args: Any) -> None:
+        self._watch(fd, _CSELECT_OUT)
+
+    def remove_reader(self, fd: int) -> None:
+        self._unwatch(fd, _CSELECT_IN)
+
+    def remove_writer(self, fd: int) -> None:
+        self._unwatch(fd, _CSELECT_OUT)
+
+    def call_later(self, delay: float, _callback: Any, *_args: Any) -> _Timer:
+        # curl_cffi passes timeout_ms / 1000, so libcurl's "-1: delete the timer" arrives as -0.001.
+        return _Timer(time.monotonic() + delay if delay >= 0 else None)
+
+    def process_data(self, fd: int, bit: int) -> None:
+        """A watched socket is ready (run in the hub): note it, rest the watcher, wake the reader."""
+        self.ready[fd] = self.ready.get(fd, 0) | bit
+        watcher = self._watchers.get((fd, bit))
+        if watcher is not None:
+            watcher.stop()
+        self.wakeup.set()
+
+    # -- reader side --
+
+    def timer_due(self, now: float) -> bool:
+        """Whether libcurl's timer has run out (it is then consumed)."""
+        timer = self._timer
+        if timer is None or timer.when is None or timer.when > now:
+            return False
+        timer.when = None
+        return True
+
+    def timer_left(self, now: float) -> float | None:
+        timer = self._timer
+        return None if timer is None or timer.when is None else timer.when - now
+
+    def rearm(self) -> None:
+        """Watch again the sockets libcurl still wants (a fired watcher rests until the reader caught up)."""
+        for (fd, bit), watcher in self._watchers.items():
+            if not watcher.active:
+                watcher.start(self.process_data, fd, bit)
+
+    def reset(self) -> None:
+        """Stop watching everything (before the multi handle is cleaned up and closes its sockets).
+
+        Between transfers the watchers stay as libcurl left them: it announces a socket once and may keep
+        a pooled connection's socket registered, so only its own CURL_POLL_REMOVE ends a watch.
+        """
+        for watcher in self._watchers.values():
+            watcher.stop()
+            watcher.close()
+        self._watchers.clear()
+        self._sockfds.clear()
+        self.ready.clear()
+        self._timer = None
+
+    def _watch(self, fd: int, bit: int) -> None:
+        key = (fd, bit)
+        if key not in self._watchers:
+            watcher = self._io_loop.io(fd, 1 if bit == _CSELECT_IN else 2)
+            self._watchers[key] = watcher
+            watcher.start(self.process_data, fd, bit)
+
+    def _unwatch(self, fd: int, bit: int) -> None:
+        watcher = self._watchers.pop((fd, bit), None)
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
+        if fd in self.ready:
+            self.ready[fd] &= ~bit
+
+
+class _Handles:
+    """A pooled easy handle, the multi handle that runs it (and keeps its connection alive between
+    transfers), and, under gevent, the hub driver bound to that multi handle."""
+
+    __slots__ = ("curl", "multi", "driver")
+
+    def __init__(self, curl: Curl, multi: Any, driver: _HubDriver | None) -> None:
+        self.curl = curl
+        self.multi = multi
+        self.driver = driver
+
+
+class _CurlTransfer:
+    """One transfer of a pooled `_Handles`, advanced by its reader only: curl reads when the reader asks.
+
+    `advance(wait)` runs libcurl on whatever is ready and, if that produced nothing, waits up to `wait`
+    seconds: without gevent in `curl_multi_poll`; under gevent on the hub (`_HubDriver`), so other
+    greenlets run meanwhile. The curl callbacks append a `_Head`, body bytes and finally one `_End` to
+    `items`. The read deadline is enforced here, counted from the last byte received.
+    """
+
+    def __init__(self, handles: _Handles, host: str, timeout: tuple[float, float]) -> None:
         from curl_cffi import CurlInfo, CurlOpt, ffi, lib
 
         self.items: deque[_Head | bytes | _End] = deque()
-        self.produced = 0
-        self.consumed = 0
-        self.notify: Callable[[], None] | None = None
-        self.aborted = False
-        self.paused = False
         self.ended = False
-        curl, self._multi = pair
-        self._curl: Curl | None = curl
+        self._handles: _Handles | None = handles
+        self._curl: Curl | None = handles.curl
+        self._multi = handles.multi
+        self._driver = handles.driver
         self._reusable = False
         self._host = host
         self._read_timeout = timeout[1]
         self._deadline = time.monotonic() + timeout[0] + timeout[1]
-        self._release = release
         self._status = 0
         self._lines: list[bytes] = []
         self._head_sent = False
         self._sent = False
-        self._new = False
-        # Looked up once: step() runs for every chunk, in a worker thread under gevent.
+        self.aborted = False
+        # Looked up once: advance() runs for every chunk.
         self._lib, self._ffi, self._request_size_info = lib, ffi, CurlInfo.REQUEST_SIZE
         self._running = self._ffi.new("int *")
+        self._running[0] = 1
+        curl = handles.curl
         curl.setopt(CurlOpt.HEADERFUNCTION, self._on_header)
         curl.setopt(CurlOpt.WRITEFUNCTION, self._on_body)
-        self._lib.curl_multi_add_handle(self._multi, curl._curl)
+        self._lib.curl_multi_add_handle(self._multi, curl._curl)  # under gevent: sets a timer of 0 ms
 
-    # -- driving (reader thread without gevent, worker thread with it) --
-
-    def step(self) -> bool:
-        """Advance the transfer once; False when it has ended (an `_End` is then queued)."""
+    def advance(self, wait: float | None) -> None:
+        """Run the transfer on; when nothing new came, wait up to `wait` s (None: the transfer's deadline)."""
         if self.ended:
-            return False
+            return
         if self.aborted:
             self._end(None)
-            return False
-        if self.paused and self.produced - self.consumed < _LOW_WATER:
-            self._resume()
-        self._new = False
+            return
+        if self._driver is not None:
+            self._advance_on_hub(wait)
+            return
         self._lib.curl_multi_perform(self._multi, self._running)
+        if self._check_progress() or self.items:
+            return
+        wait_ms = self._wait_ms(wait)
+        if wait_ms > 0:
+            self._lib.curl_multi_poll(self._multi, self._ffi.NULL, 0, wait_ms, self._ffi.NULL)
+
+    def abort(self) -> None:
+        """Stop the transfer now: its unfinished connection is dropped."""
+        self.aborted = True
+        if not self.ended:
+            self._end(None)
+
+    def dispose(self, release: Callable[[_Handles, bool], None]) -> None:
+        """Hand the handles back to the transport (once the transfer has ended)."""
+        if self._handles is not None:
+            handles, self._handles, self._curl = self._handles, None, None
+            release(handles, self._reusable)
+
+    # -- driving --
+
+    def _advance_on_hub(self, wait: float | None) -> None:
+        driver = self._driver
+        assert driver is not None
+        driver.wakeup.clear()  # before running curl: a socket that gets ready later still wakes the wait
+        ready, driver.ready = driver.ready, {}
+        action, multi, running = self._lib.curl_multi_socket_action, self._multi, self._running
+        for fd, bits in ready.items():
+            if bits:
+                action(multi, fd, bits, running)
+        if driver.timer_due(time.monotonic()):
+            action(multi, _CURL_SOCKET_TIMEOUT, 0, running)
+        if self._check_progress() or self.items:
+            driver.rearm()
+            return
+        driver.rearm()
+        now = time.monotonic()
+        limit = self._deadline - now
+        if limit <= 0:
+            self._end(_CURLE_OPERATION_TIMEDOUT, timed_out=True)
+            return
+        timer = driver.timer_left(now)
+        for bound in (timer, wait):
+            if bound is not None and bound < limit:
+                limit = bound
+        if limit > 0:
+            driver.wakeup.wait(limit)
+
+    def _check_progress(self) -> bool:
+        """After libcurl ran: note the request going out, and end the transfer if curl is done."""
         if not self._sent and self._request_sent():
             # Like requests: the read timer starts once the request is out, not when connecting began.
             self._sent = True
             self._deadline = time.monotonic() + self._read_timeout
         if not self._running[0]:
             self._end(self._result_code())
-            return False
-        if self._new:
-            self._wake()
             return True
-        wait_ms = self._wait_ms()
-        if wait_ms <= 0:
+        return False
+
+    def _wait_ms(self, wait: float | None) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
             self._end(_CURLE_OPERATION_TIMEDOUT, timed_out=True)
-            return False
-        self._lib.curl_multi_poll(self._multi, self._ffi.NULL, 0, wait_ms, self._ffi.NULL)
-        return True
+            return 0
+        if wait is not None and wait < remaining:
+            remaining = wait
+        return min(_MAX_POLL_MS, int(remaining * 1000) + 1)
 
-    def run(self) -> None:
-        """Drive the transfer to its end (the body of a worker thread)."""
-        try:
-            while self.step():
-                pass
-        except BaseException:
-            if not self.ended:
-                self._fail(TransportError(f"curl transfer to {self._host} failed unexpectedly"))
-            raise
-
-    # -- reader side --
-
-    def abort(self) -> None:
-        """Stop the transfer: the driving thread drops the connection at its next step (woken now)."""
-        self.aborted = True
-        if self._multi is not None and not self.ended:
-            self._lib.curl_multi_wakeup(self._multi)
-
-    def wake_if_drained(self) -> None:
-        """Let a paused transfer (reader was behind) resume once the reader has caught up."""
-        if self.paused and self._multi is not None and self.produced - self.consumed < _LOW_WATER:
-            self._lib.curl_multi_wakeup(self._multi)
-
-    def dispose(self) -> None:
-        """Hand the handle pair back to the transport; only once no thread drives the transfer."""
-        if self._multi is not None and self._curl is not None:
-            self._release((self._curl, self._multi), self._reusable)
-        self._curl = self._multi = None
-
-    # -- curl callbacks (driving thread) --
+    # -- curl callbacks (inside curl calls made by advance) --
 
     def _on_header(self, line: bytes) -> int:
         if self.aborted:
@@ -218,35 +354,17 @@ class _CurlTransfer:
     def _on_body(self, data: bytes) -> int:
         if self.aborted:
             return _WRITEFUNC_ERROR  # curl fails the transfer with code 23 and closes the connection
-        if self.produced - self.consumed >= _HIGH_WATER:
-            self.paused = True
-            return _WRITEFUNC_PAUSE  # curl keeps this chunk and hands it over again after the resume
         if not self._head_sent:
             self._send_head()
         self.items.append(data)
-        self.produced += len(data)
-        self._new = True
         self._deadline = time.monotonic() + self._read_timeout
         return len(data)
 
-    # -- internals (driving thread) --
+    # -- internals --
 
     def _send_head(self) -> None:
         self._head_sent = True
         self.items.append(_Head(self._status, self._lines))
-        self._new = True
-
-    def _resume(self) -> None:
-        self.paused = False
-        self._deadline = time.monotonic() + self._read_timeout
-        if self._curl is not None:
-            self._curl.pause(_CURLPAUSE_CONT)  # delivers the held chunk to _on_body right away
-
-    def _wait_ms(self) -> int:
-        if self.paused:
-            return _MAX_POLL_MS  # the read deadline does not run while the reader is behind
-        remaining = self._deadline - time.monotonic()
-        return 0 if remaining <= 0 else min(_MAX_POLL_MS, int(remaining * 1000) + 1)
 
     def _result_code(self) -> int:
         pending = self._ffi.new("int *")
@@ -263,6 +381,8 @@ class _CurlTransfer:
 
     def _end(self, code: int | None, *, timed_out: bool = False) -> None:
         """Detach the easy handle (dropping an unfinished connection) and queue the `_End`."""
+        if self.ended:
+            return
         error = None
         if code and not self.aborted:
             sent = timed_out or self._sent or self._request_sent()
@@ -274,52 +394,21 @@ class _CurlTransfer:
             self._curl.clean_handles_and_buffers()
             # After a failure start afresh; after our own abort the pair is clean (its connection is gone).
             self._reusable = code == 0 or self.aborted
-        self._fail(error)
-
-    def _fail(self, error: TransportError | None) -> None:
         self.ended = True
         self.items.append(_End(error))
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.notify is not None:
-            self.notify()
-
-
-class _GeventSignal:
-    """Wakes a greenlet from a native thread: `send()` is a thread-safe `async_` watcher send.
-
-    The watcher callback runs in the hub and sets a gevent Event; the reader clears the event *before*
-    checking for items, so an item queued between the check and the wait still wakes it (no lost wake-up).
-    """
-
-    def __init__(self, hub: Any) -> None:
-        from gevent.event import Event
-
-        self._event = Event()
-        self._watcher = hub.loop.async_()
-        self._watcher.start(self._event.set)
-        self.send = self._watcher.send
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
-
-    def close(self) -> None:
-        self._event.set()  # a send still pending when the watcher closes must not strand the reader
-        self._watcher.stop()
-        self._watcher.close()
 
 
 class CurlResponse:
-    """A response read from a `_CurlTransfer`, driven in place or by a gevent threadpool thread."""
+    """A response read from a `_CurlTransfer`, which the reader advances (on the hub under gevent)."""
 
-    def __init__(self, transfer: _CurlTransfer, signal: _GeventSignal | None, timeout: tuple[float, float]):
+    supports_idle = True  # advance() waits with a timeout and carries on
+
+    def __init__(
+        self, transfer: _CurlTransfer, timeout: tuple[float, float], release: Callable[[_Handles, bool], None]
+    ) -> None:
         self._transfer = transfer
-        self._signal = signal
         self._timeout = timeout
+        self._release = release
         self._body: bytes | None = None
         self._end: _End | None = None
         self._closed = False
@@ -327,18 +416,25 @@ class CurlResponse:
         self.headers: Mapping[str, str] = CaseInsensitiveDict()
         self.set_cookies: dict[str, str] = {}
 
-    def iter_bytes(self) -> Iterator[bytes]:
+    @property
+    def buffered(self) -> bool:
+        """True when more of the body has already arrived (the next chunk will not wait)."""
+        return bool(self._transfer.items)
+
+    def iter_bytes(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
+        """Body chunks as they arrive; with `next_tick`, b"" whenever the caller's tick falls due first."""
         if self._body is not None:
             if self._body:
                 yield self._body
             return
         while not self._closed:
-            item = self._next(self._timeout[1])
+            item = self._next(next_tick)
             if isinstance(item, _End):
                 if item.error is not None:
                     raise item.error
                 return
-            yield item  # type: ignore[misc]
+            if item or next_tick is not None:
+                yield item  # type: ignore[misc]
 
     def read(self, limit: int = 1 << 20) -> bytes:
         return _read_limited(self, limit)
@@ -348,21 +444,17 @@ class CurlResponse:
             return
         self._closed = True
         transfer = self._transfer
-        if not transfer.ended:
-            transfer.abort()
-            if self._signal is None:
-                transfer.step()  # no worker thread: drop the connection right here
-        if self._signal is None:
-            transfer.dispose()
+        transfer.abort()  # a no-op once the transfer has ended
+        transfer.dispose(self._release)
         transfer.items.clear()
 
     def __del__(self) -> None:
-        # A response dropped without close() must not leave a worker thread streaming into nowhere.
+        # A response dropped without close() must not keep its connection (or a hub watcher) alive.
         with contextlib.suppress(Exception):
             self.close()
 
     def _wait_head(self) -> None:
-        item = self._next(sum(self._timeout))
+        item = self._next(None)
         if isinstance(item, _End):
             raise item.error or TransportError("the transfer ended without a response")
         assert isinstance(item, _Head)
@@ -371,29 +463,23 @@ class CurlResponse:
     def _preload(self) -> None:
         self._body = b"".join(self.iter_bytes())
 
-    def _next(self, budget: float) -> _Head | bytes | _End:
-        """The next queued item, driving or waiting for the transfer as needed."""
+    def _next(self, next_tick: Callable[[], float] | None) -> _Head | bytes | _End:
+        """The next queued item, advancing the transfer as needed; b"" when the caller's tick is due."""
         if self._end is not None:
             return self._end
         transfer = self._transfer
         items = transfer.items
         while not items:
-            if self._signal is None:
-                transfer.step()
-                continue
-            self._signal.clear()
-            if items:
-                break
-            if not self._signal.wait(budget + _WATCHDOG_SLACK):
-                # The worker enforces the deadlines itself; this only guards against a stuck thread.
-                transfer.abort()
-                raise UpstreamTimeoutError(f"curl transfer to {transfer._host} stalled")
+            wait = None
+            if next_tick is not None:
+                wait = next_tick()
+                if wait <= 0:
+                    return b""
+            transfer.advance(wait)
         item = items.popleft()
-        if isinstance(item, bytes):
-            transfer.consumed += len(item)
-            transfer.wake_if_drained()
-        elif isinstance(item, _End):
+        if isinstance(item, _End):
             self._end = item
+            transfer.dispose(self._release)  # the connection is free for the next request right away
         return item
 
 
@@ -423,9 +509,9 @@ def _body_bytes(body: Any) -> bytes | None:
 
 
 class CurlTransport:
-    """curl_cffi with browser impersonation; gevent-cooperative through real threads when patched."""
+    """curl_cffi with browser impersonation; under gevent its transfers wait on the hub (no thread each)."""
 
-    def __init__(self, *, impersonate: str = "chrome", pool_size: int = 64, threadpool_size: int | None = None):
+    def __init__(self, *, impersonate: str = "chrome", pool_size: int = 64):
         from curl_cffi import Curl
         from curl_cffi.requests.impersonate import resolve_latest_browser_type
         from requests.certs import where
@@ -434,8 +520,7 @@ class CurlTransport:
         self._cainfo = where().encode()  # the same CA bundle requests uses (certifi)
         self._target = resolve_latest_browser_type(impersonate)
         self._pool_size = pool_size
-        self._threadpool_size = threadpool_size or pool_size
-        self._idle: list[_Pair] = []
+        self._idle: list[_Handles] = []
         self._closed = False
         probe = Curl()
         try:
@@ -458,14 +543,14 @@ class CurlTransport:
         timeout: tuple[float, float],
     ) -> CurlResponse:
         prepared = _encode_request(method, url, headers, params=params, json=json, data=data, files=files)
-        pair = self._acquire()
+        handles = self._acquire(_gevent_hub())
         try:
-            self._configure(pair[0], prepared, timeout)
-            transfer = _CurlTransfer(pair, _host(url), timeout, self._release)
+            self._configure(handles.curl, prepared, timeout)
+            transfer = _CurlTransfer(handles, _host(url), timeout)
         except BaseException:
-            self._release(pair, False)
+            self._release(handles, False)
             raise
-        response = self._start(transfer, timeout)
+        response = CurlResponse(transfer, timeout, self._release)
         try:
             response._wait_head()
             if not stream:
@@ -481,33 +566,6 @@ class CurlTransport:
         self._closed = True
         while self._idle:
             self._release(self._idle.pop(), False)
-
-    def _start(self, transfer: _CurlTransfer, timeout: tuple[float, float]) -> CurlResponse:
-        """Without gevent the reader drives the transfer; with it, a hub threadpool thread does."""
-        hub = _gevent_hub()
-        if hub is None:
-            return CurlResponse(transfer, None, timeout)
-        signal = _GeventSignal(hub)
-        transfer.notify = signal.send
-        pool = hub.threadpool
-        if pool.maxsize < self._threadpool_size:
-            pool.maxsize = self._threadpool_size
-        try:
-            result = pool.spawn(transfer.run)  # waits (cooperatively) for a free thread
-        except BaseException:
-            transfer.aborted = True
-            transfer.step()
-            transfer.dispose()
-            signal.close()
-            raise
-
-        def finished(_result: Any) -> None:
-            # Runs in the hub once `run` has returned: no thread touches the handles or the watcher now.
-            transfer.dispose()
-            signal.close()
-
-        result.rawlink(finished)
-        return CurlResponse(transfer, signal, timeout)
 
     def _configure(self, curl: Curl, prepared: requests.PreparedRequest, timeout: tuple[float, float]) -> None:
         from curl_cffi import CurlHttpVersion, CurlOpt
@@ -530,7 +588,8 @@ class CurlTransport:
             if name.lower() not in ("content-length", "transfer-encoding"):
                 lines.append(f"{name}: {value}".encode("latin-1") if value else f"{name};".encode("latin-1"))
         curl.setopt(CurlOpt.HTTPHEADER, lines)
-        curl.setopt(CurlOpt.NOSIGNAL, 1)  # required when libcurl runs in threads
+        curl.setopt(CurlOpt.UPLOAD_BUFFERSIZE, 16384)
+        curl.setopt(CurlOpt.NOSIGNAL, 1)  # no SIGALRM for timeouts: libcurl shares the process with gevent
         curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, max(1, int(timeout[0] * 1000)))
         curl.setopt(CurlOpt.FOLLOWLOCATION, 0)
         curl.setopt(CurlOpt.PROXY, b"")  # ignore *_proxy environment variables, like trust_env=False
@@ -543,24 +602,37 @@ class CurlTransport:
             # Chrome never sends the h2c upgrade headers the impersonation would add on plain http.
             curl.setopt(CurlOpt.HTTP_VERSION, CurlHttpVersion.V1_1)
 
-    def _acquire(self) -> _Pair:
+    def _acquire(self, hub: Any) -> _Handles:
+        """A pooled handle set made for this hub (None: no gevent), or a new one."""
         from curl_cffi import Curl, lib
 
         if self._closed:
             raise TransportError("the transport is closed")
+        while True:
+            try:
+                handles = self._idle.pop()  # list.pop is atomic: safe across threads and greenlets
+            except IndexError:
+                break
+            if (handles.driver.hub if handles.driver is not None else None) is hub:
+                return handles
+            self._release(handles, False)  # made for another hub (or none): its watchers live there
+        curl, multi = Curl(), lib.curl_multi_init()
         try:
-            return self._idle.pop()  # list.pop is atomic: safe across threads and greenlets
-        except IndexError:
-            return Curl(), lib.curl_multi_init()
-
-    def _release(self, pair: _Pair, reusable: bool) -> None:
-        """Keep a handle pair (and its live connection) for the next request, or free it."""
-        from curl_cffi import lib
-
-        curl, multi = pair
-        if reusable and not self._closed and len(self._idle) < self._pool_size:
-            curl.reset()
-            self._idle.append(pair)
-        else:
+            return _Handles(curl, multi, _HubDriver(multi, hub) if hub is not None else None)
+        except BaseException:
             curl.close()
             lib.curl_multi_cleanup(multi)
+            raise
+
+    def _release(self, handles: _Handles, reusable: bool) -> None:
+        """Keep a handle set (and its live connection) for the next request, or free it."""
+        from curl_cffi import lib
+
+        if reusable and not self._closed and len(self._idle) < self._pool_size:
+            handles.curl.reset()
+            self._idle.append(handles)
+            return
+        if handles.driver is not None:
+            handles.driver.reset()  # no watcher may outlive the sockets the cleanup closes
+        handles.curl.close()
+        lib.curl_multi_cleanup(handles.multi)

@@ -6,8 +6,11 @@ Two implementations:
 - `RequestsTransport`: one `requests.Session`; cooperative under gevent through monkey patching.
 - `CurlTransport`: curl_cffi (libcurl-impersonate) for Cloudflare, which answers plain `requests` with a
   403 challenge (perplexity-protocol.md section 1). libcurl is C code that monkey patching cannot make
-  cooperative, so under gevent every blocking curl call runs in a real OS thread of the hub's threadpool
-  and hands bytes back to the waiting greenlet (perf-and-reliability.md section 5).
+  cooperative, and curl_cffi's own gevent support blocks the hub on streams (perf-and-reliability.md
+  section 5). So under gevent no curl call ever blocks: libcurl's event interface (socket and timer
+  callbacks, `curl_multi_socket_action`) says what to wait for, and the reading greenlet waits for it on
+  the hub's own watchers. No OS thread per stream, so no cap on concurrent streams and no GIL hand-off
+  per chunk.
 
 Error mapping (the same for both): the connection could not be made, including a connect timeout and a
 failed TLS handshake → `UpstreamConnectError` (nothing reached the server, so a retry is safe; a connect
@@ -119,16 +122,13 @@ def make_transport(
     base_url: str,
     impersonate: str | None = None,
     pool_size: int = 64,
-    threadpool_size: int | None = None,
     http_adapter: str = "lean",
 ) -> Transport:
     """Build the transport for `base_url`: curl_cffi impersonating `impersonate`, or `requests` if None.
 
     `impersonate` is a resolved target, as `resolve_impersonation` returns it (None means plain
     `requests`, even for perplexity.ai). `pool_size` bounds the idle connections kept (for curl, the
-    idle handles). `threadpool_size` (default `pool_size`) is the least size the gevent hub threadpool
-    is grown to; it caps how many curl transfers run at once under gevent, further ones wait for a thread.
-    `http_adapter` is the engine under `requests` ("lean" or "urllib3"); curl_cffi ignores it.
+    idle handles). `http_adapter` is the engine under `requests` ("lean" or "urllib3"); curl_cffi ignores it.
     """
     if urlsplit(base_url).scheme not in ("http", "https"):
         raise ConfigurationError(f"base URL must be http(s), got {base_url!r}")
@@ -142,7 +142,7 @@ def make_transport(
         raise ConfigurationError(f"impersonating {impersonate!r} needs the curl_cffi package")
     from .curl_transport import CurlTransport
 
-    return CurlTransport(impersonate=impersonate, pool_size=pool_size, threadpool_size=threadpool_size or pool_size)
+    return CurlTransport(impersonate=impersonate, pool_size=pool_size)
 
 
 def _curl_cffi_available() -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from perplexity import errors
 from perplexity.client import PerplexityClient
-from perplexity.testing import Fault, Reply
+from perplexity.testing import FakePerplexity, Fault, Reply
 from perplexity.types import AnswerDelta, AskOptions, ClarifyingQuestions
 
 from .conftest import TOKEN, free_port
@@ -357,9 +358,25 @@ def test_connections_are_reused_across_asks(fake, client):
 # ---- idle ticks: one greenlet reads the stream and still acts during silences ----------------------
 
 
-def test_ticks_report_silence_even_when_the_upstream_sends_its_own_pings(fake, client):
+@pytest.fixture(params=["lean", "curl"])
+def ticking_client(request: pytest.FixtureRequest, fake: FakePerplexity) -> Iterator[PerplexityClient]:
+    """A client on each transport that can time a wait and carry on: the lean adapter and curl_cffi."""
+    with PerplexityClient(
+        TOKEN,
+        base_url=fake.url,
+        impersonate="chrome" if request.param == "curl" else "off",
+        connect_timeout=2.0,
+        read_timeout=2.0,
+        max_retries=2,
+        backoff=0.01,
+    ) as c:
+        assert c.transport.name.startswith("curl_cffi" if request.param == "curl" else "requests")
+        yield c
+
+
+def test_ticks_report_silence_even_when_the_upstream_sends_its_own_pings(fake, ticking_client):
     fake.enqueue(Reply(answer="late answer", first_byte_delay=1.0, heartbeat_every=0.1))
-    with client.ask("q") as stream:
+    with ticking_client.ask("q") as stream:
         assert stream.supports_idle
         items = list(stream.ticks(0.25))
     ticks_before_answer = 0
@@ -372,10 +389,10 @@ def test_ticks_report_silence_even_when_the_upstream_sends_its_own_pings(fake, c
     assert "".join(e.text for e in events if isinstance(e, AnswerDelta)) == "late answer"
 
 
-def test_ticks_keep_the_read_timeout(fake, client):
+def test_ticks_keep_the_read_timeout(fake, ticking_client):
     """Ticks come every `idle` s, and the read timeout (2 s here) still ends a silent stream."""
     fake.enqueue(Reply(answer="never", first_byte_delay=30))
-    with client.ask("q") as stream:
+    with ticking_client.ask("q") as stream:
         ticks = 0
         with pytest.raises(errors.StreamTruncatedError, match="stopped sending"):
             for item in stream.ticks(0.3):
@@ -392,10 +409,10 @@ def test_ticks_need_a_transport_that_can_time_a_wait(fake):
         assert "".join(e.text for e in stream if isinstance(e, AnswerDelta))
 
 
-def test_ticks_keep_their_pace_when_upstream_pings_match_the_interval(fake, client):
+def test_ticks_keep_their_pace_when_upstream_pings_match_the_interval(fake, ticking_client):
     """Ticks count from the last tick, not from the last byte: pings every `idle` s do not halve their rate."""
     fake.enqueue(Reply(answer="late", first_byte_delay=1.5, heartbeat_every=0.3))
-    with client.ask("q") as stream:
+    with ticking_client.ask("q") as stream:
         items = list(stream.ticks(0.3))
     ticks = next(i for i, item in enumerate(items) if item is not None)
     assert ticks >= 4  # about 1.5 / 0.3 = 5; ticks every other ping would give 2 or 3

@@ -8,6 +8,7 @@ import json
 import logging
 import select
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import trustme
 
 from perplexity.errors import ConfigurationError, TransportError, UpstreamConnectError, UpstreamTimeoutError
 from perplexity.transport import (
@@ -200,6 +202,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.chunk(pattern(start, min(size, start + 65536)))
         self.wfile.write(b"0\r\n\r\n")
 
+    def route_peer(self) -> None:
+        """The client's port: the same one on two requests means they shared a connection."""
+        self.send_body(str(self.client_address[1]).encode())
+
     def route_status(self) -> None:
         self.send_body(b'{"detail":"nope"}', status=int(self.number("code", 503)))
 
@@ -210,6 +216,7 @@ def pattern(start: int, end: int) -> bytes:
 
 class ScriptedServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the gevent test opens 100 streams at once (socketserver's default is 5)
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
@@ -226,12 +233,30 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         pass  # clients that leave mid-response are the point of several tests
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+        scheme = "https" if isinstance(self.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}{path}"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ScriptedServer]:
+    yield from serve(ScriptedServer())
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScriptedServer, Path]]:
+    """The scripted server over TLS, with a certificate for 127.0.0.1 from a throwaway CA (and that CA's file)."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
     srv = ScriptedServer()
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    for served in serve(srv):
+        yield served, ca_file
+
+
+def serve(srv: ScriptedServer) -> Iterator[ScriptedServer]:
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
@@ -519,6 +544,7 @@ import sys
 import time
 
 import gevent
+import gevent.event
 
 from perplexity.errors import TransportError, UpstreamConnectError, UpstreamTimeoutError
 from perplexity.transport import CurlTransport, RequestsTransport
@@ -553,6 +579,30 @@ def with_ticker(work):
     running = False
     tick_greenlet.join()
     return result, ticks, elapsed
+
+
+def idle_ticks(transport):
+    # Empty pieces while a stream is silent, until its read timeout (None: this transport cannot time a wait).
+    response = transport.request("GET", base + "/stall?n=1&hold=5", headers={}, stream=True, timeout=(2, 0.5))
+    if not getattr(response, "supports_idle", False):
+        response.close()
+        return None
+    last = time.monotonic()
+    ticks = 0
+
+    def next_tick():
+        return last + 0.1 - time.monotonic()
+
+    try:
+        for piece in response.iter_bytes(next_tick=next_tick):
+            if not piece:
+                ticks += 1
+                last = time.monotonic()
+    except UpstreamTimeoutError:
+        return ticks
+    finally:
+        response.close()
+    return -1  # the stream ended instead of timing out
 
 
 def outcome(fn):
@@ -591,16 +641,62 @@ for transport in (RequestsTransport(), RequestsTransport(http_adapter="urllib3")
         "read_timeout": outcome(lambda: stream(transport, "/stall?n=1", timeout=(2, 0.3))),
         "reset": outcome(lambda: stream(transport, "/reset?n=1")),
         "early_close": outcome(early_close),
+        "reused": len({transport.request("GET", base + "/peer", headers={}, timeout=(2, 5)).read() for _ in range(3)}),
+        "idle_ticks": idle_ticks(transport),
     }
     transport.close()
+
+# More streams at once than the transport pools: none may wait for another to finish (no thread cap).
+for transport in (RequestsTransport(pool_size=4), CurlTransport(impersonate="chrome", pool_size=4)):
+    opened = 0
+    all_open = gevent.event.Event()
+
+    def hold():
+        global opened
+        response = transport.request("GET", base + "/stall?n=1&hold=10", headers={}, stream=True, timeout=(2, 15))
+        try:
+            next(response.iter_bytes())
+            opened += 1
+            if opened == 100:
+                all_open.set()
+            return all_open.wait(10)
+        finally:
+            response.close()
+
+    holders = [gevent.spawn(hold) for _ in range(100)]
+    gevent.joinall(holders, timeout=30)
+    report[transport.name]["all_open_at_once"] = sum(bool(g.value) for g in holders)
+    transport.close()
+
+# curl over TLS (the production path: perplexity.ai is HTTPS): handshakes and reads on the hub as well.
+tls_base, ca_file = sys.argv[3], sys.argv[4]
+curl_tls = CurlTransport(impersonate="chrome")
+curl_tls._cainfo = ca_file.encode()  # trust the test CA instead of certifi's bundle
+
+
+def tls_work():
+    ports = {curl_tls.request("GET", tls_base + "/peer", headers={}, timeout=(2, 5)).read() for _ in range(3)}
+    return len(ports), stream(curl_tls, tls_base + "/sse?n=20&gap=0.05")
+
+
+(tls_ports, tls_body), tls_ticks, tls_elapsed = with_ticker(tls_work)
+report["curl_cffi:chrome"]["tls"] = {
+    "connections": tls_ports,
+    "complete": tls_body.count(b"event: message") == 20 and b"end_of_stream" in tls_body,
+    "ticks": tls_ticks,
+    "expected": round(tls_elapsed / 0.01),
+}
+curl_tls.close()
 
 print(json.dumps(report))
 """
 
 
-def test_gevent_hub_keeps_ticking_while_streams_are_open(server, record_property):
+def test_gevent_hub_keeps_ticking_while_streams_are_open(server, tls_server, record_property):
+    secure, ca_file = tls_server
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", GEVENT_SCRIPT, server.url(""), str(closed_port())],
+        [sys.executable, "-W", "error", "-c", GEVENT_SCRIPT]
+        + [server.url(""), str(closed_port()), secure.url(""), str(ca_file)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -619,5 +715,14 @@ def test_gevent_hub_keeps_ticking_while_streams_are_open(server, record_property
         assert numbers["read_timeout"] == "UpstreamTimeoutError", name
         assert numbers["reset"] == "TransportError", name
         assert numbers["early_close"] == "ok", name
+        assert numbers["reused"] == 1, (name, numbers)  # one client port for three requests
+        if name != "requests/urllib3":  # urllib3 cannot time a wait and carry on
+            assert 3 <= numbers["idle_ticks"] <= 6, (name, numbers)  # every 0.1 s until the 0.5 s timeout
         assert server.gone(f"gevent-{name}").wait(3), name
+    # Both hold 100 streams at once with pools of 4 (curl was once capped by its threads, 64 at most).
+    assert report["requests"]["all_open_at_once"] == 100
+    assert report["curl_cffi:chrome"]["all_open_at_once"] == 100
+    tls = report["curl_cffi:chrome"]["tls"]
+    assert tls["connections"] == 1 and tls["complete"], tls
+    assert tls["ticks"] >= 0.6 * tls["expected"], tls
     assert set(report) == {"requests", "requests/urllib3", "curl_cffi:chrome"}
