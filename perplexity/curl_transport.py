@@ -19,6 +19,7 @@ from perplexity.errors import (
     UpstreamTimeoutError,
 )
 
+from .requests_transport import prepare_request
 from .transport import _host, _read_limited, parse_set_cookies
 
 if TYPE_CHECKING:
@@ -493,11 +494,6 @@ def _gevent_hub() -> Any:
     return gevent.get_hub()
 
 
-def _encode_request(method: str, url: str, headers: Mapping[str, str], **body: Any) -> requests.PreparedRequest:
-    """Build URL, body and content headers exactly as `requests` would, so both transports send the same."""
-    return requests.Request(method=method.upper(), url=url, headers=dict(headers), **body).prepare()
-
-
 def _body_bytes(body: Any) -> bytes | None:
     if body is None or isinstance(body, bytes):
         return body
@@ -542,7 +538,7 @@ class CurlTransport:
         stream: bool = False,
         timeout: tuple[float, float],
     ) -> CurlResponse:
-        prepared = _encode_request(method, url, headers, params=params, json=json, data=data, files=files)
+        prepared = prepare_request(method.upper(), url, headers, params, json, data, files)
         handles = self._acquire(_gevent_hub())
         try:
             self._configure(handles.curl, prepared, timeout)
