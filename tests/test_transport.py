@@ -202,6 +202,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.chunk(pattern(start, min(size, start + 65536)))
         self.wfile.write(b"0\r\n\r\n")
 
+    def route_then_close(self) -> None:
+        """A keep-alive response after which the server closes the connection anyway (a stale pooled socket)."""
+        self.send_body(b"bye")
+        self.close_connection = True
+
     def route_peer(self) -> None:
         """The client's port: the same one on two requests means they shared a connection."""
         self.send_body(str(self.client_address[1]).encode())
@@ -605,6 +610,30 @@ def idle_ticks(transport):
     return -1  # the stream ended instead of timing out
 
 
+def after_stale(transport):
+    # The pooled connection was closed by the server while idle: the next requests must still succeed.
+    bodies = []
+    for _ in range(2):
+        bodies.append(transport.request("GET", base + "/then-close", headers={}, timeout=(2, 5)).read())
+        gevent.sleep(0.05)  # the server's FIN arrives while the connection sits in the pool
+    bodies.append(transport.request("GET", base + "/echo", headers={}, timeout=(2, 5)).status_code)
+    return bodies == [b"bye", b"bye", 200]
+
+
+def big_slow_reader(transport):
+    # 2 MB read by a reader that yields to the hub after every piece: complete and in order.
+    size = 2_000_000
+    response = transport.request("GET", base + "/big?size=%d" % size, headers={}, stream=True, timeout=(2, 5))
+    pieces = []
+    try:
+        for piece in response.iter_bytes():
+            pieces.append(piece)
+            gevent.sleep(0)
+    finally:
+        response.close()
+    return b"".join(pieces) == bytes(i % 251 for i in range(size))
+
+
 def outcome(fn):
     try:
         fn()
@@ -643,6 +672,8 @@ for transport in (RequestsTransport(), RequestsTransport(http_adapter="urllib3")
         "early_close": outcome(early_close),
         "reused": len({transport.request("GET", base + "/peer", headers={}, timeout=(2, 5)).read() for _ in range(3)}),
         "idle_ticks": idle_ticks(transport),
+        "after_stale": after_stale(transport),
+        "big_slow_reader": big_slow_reader(transport),
     }
     transport.close()
 
@@ -716,6 +747,7 @@ def test_gevent_hub_keeps_ticking_while_streams_are_open(server, tls_server, rec
         assert numbers["reset"] == "TransportError", name
         assert numbers["early_close"] == "ok", name
         assert numbers["reused"] == 1, (name, numbers)  # one client port for three requests
+        assert numbers["after_stale"] and numbers["big_slow_reader"], (name, numbers)
         if name != "requests/urllib3":  # urllib3 cannot time a wait and carry on
             assert 3 <= numbers["idle_ticks"] <= 6, (name, numbers)  # every 0.1 s until the 0.5 s timeout
         assert server.gone(f"gevent-{name}").wait(3), name
