@@ -33,7 +33,8 @@ class CitedSource(Protocol):
     def url(self) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per marker (about 20 per KB of answer), and a frozen __init__ costs about twice as much.
+@dataclass(slots=True)
 class _Mark:
     number: int
     start: int
@@ -112,8 +113,14 @@ class CitationRenderer:
 
     # ---- scanning -------------------------------------------------------------------------------
 
+    # Default mode never changes the text, so `_scan` only records marks and code/line state; tests compare it
+    # with the general `_process` (set False on an instance) on every input they have.
+    _fast = True
+
     def _process(self, text: str, lookahead: str | None) -> str:
         # `lookahead` is the character after `text` (None at the end of the answer).
+        if self._fast and self._mode == "default":
+            return self._scan(text, lookahead)
         if "[" not in text and "`" not in text:  # most chunks: nothing to rewrite
             out: list[str] = []
             self._emit(out, text)
@@ -135,10 +142,50 @@ class CitationRenderer:
         self._emit(out, text[position:])
         return "".join(out)
 
+    def _scan(self, text: str, lookahead: str | None) -> str:
+        """`_process` for default mode: the text comes back as it is; marks and state as `_emit` would set them."""
+        base = self._length
+        self._length = base + len(text)
+        if "[" not in text and "`" not in text:
+            if text:
+                self._track_line(text, 0, len(text))
+            return text
+        position = 0
+        # Without a newline in the chunk, text between tokens can only change a blank line's state.
+        lines = "\n" in text
+        for match in _TOKEN.finditer(text):
+            start, end = match.span()
+            if start > position and (lines or self._line_blank):
+                self._track_line(text, position, start)
+            ticks = match["ticks"]
+            if ticks:
+                self._code_run(len(ticks))
+            else:
+                after = text[end] if end < len(text) else lookahead
+                if not (self._fence or self._inline or after == "(" or (after == ":" and self._line_blank)):
+                    self._marks.append(_Mark(int(match["number"]), base + start, base + end, None))
+            self._line_blank = False  # a backtick run or a marker is on the line now
+            position = end
+        if position < len(text):
+            self._track_line(text, position, len(text))
+        return text
+
+    def _track_line(self, text: str, start: int, end: int) -> None:
+        # What `_emit` records for text[start:end] (not empty), without copying it unless needed.
+        newline = text.rfind("\n", start, end)
+        if newline >= 0:
+            self._inline = 0
+            self._line_blank = newline + 1 == end or text[newline + 1 : end].isspace()
+        elif self._line_blank and not text[start:end].isspace():
+            self._line_blank = False
+
     def _backticks(self, out: list[str], run: str) -> None:
+        self._code_run(len(run))
+        self._emit(out, run)
+
+    def _code_run(self, count: int) -> None:
         # A simplified CommonMark: a run of 3+ at the start of a line opens or closes a fence; other runs open
         # an inline span that the next run of the same length closes. An unclosed span ends at the newline.
-        count = len(run)
         if self._fence:
             if count >= self._fence and self._line_blank:
                 self._fence = 0
@@ -149,7 +196,6 @@ class CitationRenderer:
             self._fence = count
         else:
             self._inline = count
-        self._emit(out, run)
 
     def _marker(self, out: list[str], match: re.Match[str], space: str, after: str | None) -> None:
         number = int(match["number"])

@@ -238,3 +238,53 @@ def test_marker_spans_slice_the_content_to_the_marker(text, mode):
 @given(text=TEXTS)
 def test_default_mode_never_changes_the_text(text):
     assert stream(CitationRenderer("default", SOURCES), list(text)) == text
+
+
+# ---- default mode's scan (the text is never rewritten) against the general path ---------------------
+
+RICH_ALPHABET = st.sampled_from(
+    list("[]()`0123 .!?:\nab\t") + ["[1]", "[2]", "[3]", "[12", "[999]", "```", "``", "\n  \n", "\n[1]: ", "😀", "(u)"]
+)
+
+
+@st.composite
+def rich_chunkings(draw):
+    text = draw(st.lists(RICH_ALPHABET, max_size=60).map("".join))
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=10)))
+    bounds = [0, *cuts, len(text)]
+    return text, [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def general(renderer):
+    renderer._fast = False
+    return renderer
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=rich_chunkings(), count=st.integers(0, 3))
+def test_default_scan_matches_the_general_path(case, count):
+    text, pieces = case
+    fast, slow = CitationRenderer("default", SOURCES[:count]), general(CitationRenderer("default", SOURCES[:count]))
+    assert [fast.feed(p) for p in pieces] + [fast.flush()] == [slow.feed(p) for p in pieces] + [slow.flush()]
+    assert fast.annotations == slow.annotations
+    assert (fast._fence, fast._inline, fast._line_blank, fast._length) == (
+        slow._fence,
+        slow._inline,
+        slow._line_blank,
+        slow._length,
+    )
+
+
+@pytest.mark.parametrize("text", [TEXT, "See [1](https://x.example) and `a[1]` and\n```py\nx = y[2]\n```\n[3]: r\n"])
+def test_default_scan_matches_the_general_path_on_the_examples(text):
+    for pieces in ([text], list(text)):
+        fast, slow = CitationRenderer("default", SOURCES), general(CitationRenderer("default", SOURCES))
+        assert stream(fast, pieces) == stream(slow, pieces) == text
+        assert fast.annotations == slow.annotations
+
+
+def test_default_mode_takes_the_scan():
+    renderer = CitationRenderer("default", SOURCES)
+    renderer._emit = lambda out, text: pytest.fail("the general path ran")  # type: ignore[method-assign]
+    assert stream(renderer, [TEXT[:20], TEXT[20:]]) == TEXT
+    assert len(renderer.annotations) == 4
