@@ -109,9 +109,18 @@ class _HubDriver:
     """
 
     def __init__(self, multi: Any, hub: Any) -> None:
-        import curl_cffi.aio  # noqa: F401  (defines the Python side of the compiled callbacks)
         from curl_cffi import CurlMOpt, ffi, lib
         from gevent.event import Event
+
+        try:
+            import curl_cffi.aio  # noqa: F401  (defines the Python side of the compiled callbacks)
+
+            callbacks = lib.socket_function, lib.timer_function
+        except (ImportError, AttributeError) as exc:
+            # A curl_cffi release without AsyncCurl's callbacks: say so instead of failing mid-request.
+            raise ConfigurationError(
+                f"this curl_cffi cannot drive transfers from the gevent hub ({exc}); use curl-cffi==0.17.0"
+            ) from exc
 
         self.hub = hub
         self.loop = self  # the compiled callbacks call `self.loop.add_reader(...)` and so on
@@ -123,8 +132,8 @@ class _HubDriver:
         self.wakeup = Event()
         self._handle = ffi.new_handle(self)  # must outlive the multi handle's use of it
         for option, value in (
-            (CurlMOpt.SOCKETFUNCTION, lib.socket_function),
-            (CurlMOpt.TIMERFUNCTION, lib.timer_function),
+            (CurlMOpt.SOCKETFUNCTION, callbacks[0]),
+            (CurlMOpt.TIMERFUNCTION, callbacks[1]),
             (CurlMOpt.SOCKETDATA, self._handle),
             (CurlMOpt.TIMERDATA, self._handle),
         ):

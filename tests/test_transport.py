@@ -758,3 +758,18 @@ def test_gevent_hub_keeps_ticking_while_streams_are_open(server, tls_server, rec
     assert tls["connections"] == 1 and tls["complete"], tls
     assert tls["ticks"] >= 0.6 * tls["expected"], tls
     assert set(report) == {"requests", "requests/urllib3", "curl_cffi:chrome"}
+
+
+def test_a_curl_cffi_without_the_event_callbacks_is_a_configuration_error(monkeypatch):
+    """The hub driver reuses curl_cffi's compiled AsyncCurl callbacks; without them it says so up front."""
+    from curl_cffi import lib
+
+    from perplexity.curl_transport import _HubDriver
+
+    monkeypatch.setitem(sys.modules, "curl_cffi.aio", None)  # `import curl_cffi.aio` now raises ImportError
+    multi = lib.curl_multi_init()
+    try:
+        with pytest.raises(ConfigurationError, match="cannot drive transfers from the gevent hub"):
+            _HubDriver(multi, hub=None)
+    finally:
+        lib.curl_multi_cleanup(multi)
