@@ -171,7 +171,8 @@ class CitationRenderer:
         return text
 
     def _track_line(self, text: str, start: int, end: int) -> None:
-        # What `_emit` records for text[start:end] (not empty), without copying it unless needed.
+        # Line state after text[start:end] (not empty): a newline ends an inline code span, and the line is
+        # blank while it holds only whitespace. Takes bounds so `_scan` need not copy the text between tokens.
         newline = text.rfind("\n", start, end)
         if newline >= 0:
             self._inline = 0
@@ -241,13 +242,7 @@ class CitationRenderer:
             return
         if self._mode == "clean":
             self._track_fragment(text)
-        newline = text.rfind("\n")
-        if newline >= 0:
-            self._inline = 0
-            rest = text[newline + 1 :]
-            self._line_blank = not rest or rest.isspace()
-        elif not text.isspace():
-            self._line_blank = False
+        self._track_line(text, 0, len(text))
         out.append(text)
         self._length += len(text)
 

@@ -277,8 +277,9 @@ class _CurlTransfer:
         self._lib.curl_multi_perform(self._multi, self._running)
         if self._check_progress() or self.items:
             return
-        wait_ms = self._wait_ms(wait)
-        if wait_ms > 0:
+        left = self._time_left(wait)
+        if left > 0:
+            wait_ms = min(_MAX_POLL_MS, int(left * 1000) + 1)
             self._lib.curl_multi_poll(self._multi, self._ffi.NULL, 0, wait_ms, self._ffi.NULL)
 
     def abort(self) -> None:
@@ -306,21 +307,16 @@ class _CurlTransfer:
                 action(multi, fd, bits, running)
         if driver.timer_due(time.monotonic()):
             action(multi, _CURL_SOCKET_TIMEOUT, 0, running)
-        if self._check_progress() or self.items:
-            driver.rearm()
-            return
+        progressed = self._check_progress() or bool(self.items)
         driver.rearm()
-        now = time.monotonic()
-        limit = self._deadline - now
-        if limit <= 0:
-            self._end(_CURLE_OPERATION_TIMEDOUT, timed_out=True)
+        if progressed:
             return
-        timer = driver.timer_left(now)
-        for bound in (timer, wait):
-            if bound is not None and bound < limit:
-                limit = bound
-        if limit > 0:
-            driver.wakeup.wait(limit)
+        bound = driver.timer_left(time.monotonic())  # libcurl wants to run again by then
+        if wait is not None and (bound is None or wait < bound):
+            bound = wait
+        left = self._time_left(bound)
+        if left > 0:
+            driver.wakeup.wait(left)
 
     def _check_progress(self) -> bool:
         """After libcurl ran: note the request going out, and end the transfer if curl is done."""
@@ -333,14 +329,14 @@ class _CurlTransfer:
             return True
         return False
 
-    def _wait_ms(self, wait: float | None) -> int:
+    def _time_left(self, wait: float | None) -> float:
+        """Seconds to wait for curl: `wait` at most, never past the read deadline; 0 once that has passed,
+        and the transfer is then ended as timed out."""
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             self._end(_CURLE_OPERATION_TIMEDOUT, timed_out=True)
-            return 0
-        if wait is not None and wait < remaining:
-            remaining = wait
-        return min(_MAX_POLL_MS, int(remaining * 1000) + 1)
+            return 0.0
+        return wait if wait is not None and wait < remaining else remaining
 
     # -- curl callbacks (inside curl calls made by advance) --
 
@@ -413,11 +409,8 @@ class CurlResponse:
 
     supports_idle = True  # advance() waits with a timeout and carries on
 
-    def __init__(
-        self, transfer: _CurlTransfer, timeout: tuple[float, float], release: Callable[[_Handles, bool], None]
-    ) -> None:
+    def __init__(self, transfer: _CurlTransfer, release: Callable[[_Handles, bool], None]) -> None:
         self._transfer = transfer
-        self._timeout = timeout
         self._release = release
         self._body: bytes | None = None
         self._end: _End | None = None
@@ -555,7 +548,7 @@ class CurlTransport:
         except BaseException:
             self._release(handles, False)
             raise
-        response = CurlResponse(transfer, timeout, self._release)
+        response = CurlResponse(transfer, self._release)
         try:
             response._wait_head()
             if not stream:
