@@ -13,10 +13,11 @@ from dotenv import load_dotenv
 from flask import Flask, Response, g, has_request_context, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import quotas, register_blueprints
-from api.auth import authenticate, configured_keys
+from api import register_blueprints
 from api.config import defaults, settings_from_env
-from api.errors import register as register_errors
+from api.edge import quotas
+from api.edge.auth import authenticate, configured_keys
+from api.edge.errors import register as register_errors
 from api.state import ServerState
 from api.state import init_app as init_state
 

@@ -1,4 +1,18 @@
-"""The HTTP layer: blueprints and what only they use."""
+"""The HTTP layer: OpenAI-shaped endpoints over the Perplexity client, grouped by concern.
+
+- `edge/`: what every request passes through at the HTTP edge: errors (the one exception-to-HTTP mapping),
+  API keys, quotas, Prometheus metrics, SSE encoding.
+- `core/`: the Flask-free translation between the APIs and Perplexity: the chat service, messages, the turn
+  (citations, stop sequences, length limits), completion objects, the model map, and `continuity`, the one
+  thread rule for every endpoint family.
+- `stores/`: conversations and stored responses (records and interfaces, memory, Redis) and the token file.
+- `chat/`, `responses/`, `completions/`, `models/`, `ops/`: one package per endpoint family, each a blueprint.
+- `steps`: the view steps the answering families share (body, limits, stream slots, opening the upstream, the
+  one stream-failure path); `state`: the worker's shared state; `config`: every setting, validated.
+
+Imports point one way: endpoint packages -> steps/edge -> core -> stores and `perplexity`; no endpoint package
+imports another; core and stores never import Flask (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +22,8 @@ __all__ = ["register_blueprints"]
 
 
 def register_blueprints(app: Flask) -> None:
-    """Register the chat, responses, legacy completions, models and ops blueprints."""
-    from . import chat, legacy, models, ops, responses
+    """Register every endpoint family's blueprint."""
+    from . import chat, completions, models, ops, responses
 
-    app.register_blueprint(chat.bp)
-    app.register_blueprint(responses.bp)
-    app.register_blueprint(legacy.bp)
-    app.register_blueprint(models.bp)
-    app.register_blueprint(ops.bp)
+    for family in (chat, responses, completions, models, ops):
+        app.register_blueprint(family.bp)

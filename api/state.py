@@ -14,11 +14,12 @@ from perplexity.client import PerplexityClient
 from perplexity.errors import PerplexityError
 from perplexity.types import SessionInfo
 
-from .conversations import ConversationStore, MemoryConversationStore, MemoryResponseStore, ResponseStore
-from .metrics import Metrics
-from .modelmap import BUILTIN_CATALOGUE, ModelMap
-from .service import ChatService
-from .token_file import TokenFile
+from .core.continuity import Continuity
+from .core.modelmap import BUILTIN_CATALOGUE, ModelMap
+from .core.service import ChatService
+from .edge.metrics import Metrics
+from .stores import open_stores
+from .stores.token_file import TokenFile
 
 __all__ = ["ServerState", "init_app", "state"]
 
@@ -33,7 +34,8 @@ class ServerState:
         self.started = time.time()
         self.metrics = Metrics()
         # Conversations and stored Responses API objects (caller-scoped, expiring with CONVERSATION_TIMEOUT).
-        self.store, self.responses = _stores(config)
+        self.store, self.responses = open_stores(config)
+        self.continuity = Continuity(self.store, self.responses)
         self.counters: Counter[str] = Counter()
         self.upstream_errors: Counter[str] = Counter()
         self.open_streams = 0
@@ -63,7 +65,7 @@ class ServerState:
     @property
     def service(self) -> ChatService:
         """The chat service over the current model map (cheap: made per request)."""
-        return ChatService(self.client, self.models, self.store, self.config)
+        return ChatService(self.client, self.models, self.continuity, self.config)
 
     def _make_client(self) -> PerplexityClient:
         c = self.config
@@ -87,12 +89,6 @@ class ServerState:
         """Count a Perplexity failure by kind (for /stats and /metrics)."""
         self.upstream_errors[exc.kind] += 1
         self.metrics.upstream_errors.labels(exc.kind).inc()
-
-    def record_stream_failure(self, exc: BaseException) -> None:
-        """Count and log what ended a stream early (called from the stream generator)."""
-        if isinstance(exc, PerplexityError):
-            self.record_upstream_error(exc)
-            log.warning("stream ended by upstream %s: %s", exc.kind, exc.message)
 
     # ---- models ---------------------------------------------------------------------------
 
@@ -167,19 +163,6 @@ class ServerState:
         """Release the connection pool."""
         if self._client is not None:
             self._client.close()
-
-
-def _stores(config: dict[str, Any]) -> tuple[ConversationStore, ResponseStore]:
-    """Conversations and stored responses: in memory by default; in one Redis (one connection pool) when
-    CONVERSATION_STORE_URI names one, so workers and instances share them."""
-    uri = str(config.get("CONVERSATION_STORE_URI") or "memory://")
-    ttl = float(config["CONVERSATION_TIMEOUT"])
-    if uri.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisConversationStore, RedisResponseStore, redis_client
-
-        client = redis_client(uri)
-        return RedisConversationStore(client, ttl), RedisResponseStore(client, ttl)
-    return MemoryConversationStore(ttl), MemoryResponseStore(ttl)
 
 
 def init_app(app: Flask) -> ServerState:

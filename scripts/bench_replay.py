@@ -19,9 +19,9 @@ def offline_breakdown(raw: list[bytes], profile: bool) -> dict[str, Any]:
     timed per upstream frame: where the worker's CPU per chunk goes, without gunicorn, Flask or gevent.
     """
     try:
-        from api.completion import CompletionMeta, chunk, extras
-        from api.sse import encode
-        from api.turn import ChatTurn, TurnLimits
+        from api.core.completion import CompletionMeta, chunk, extras
+        from api.core.turn import ChatTurn, TurnLimits
+        from api.edge.sse import encode
         from perplexity.assembler import AnswerAssembler
         from perplexity.extract import loads
         from perplexity.sse import SSEDecoder
@@ -73,7 +73,7 @@ def offline_breakdown(raw: list[bytes], profile: bool) -> dict[str, Any]:
 
 def profile_pipeline(frames: list[Any]) -> str:
     """cProfile of assembling and rendering the frames: the top functions by own time."""
-    from api.turn import ChatTurn, TurnLimits
+    from api.core.turn import ChatTurn, TurnLimits
     from perplexity.assembler import AnswerAssembler
 
     assembler, turn = AnswerAssembler(), ChatTurn(TurnLimits())

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.citations import CitationRenderer
+from api.core.citations import CitationRenderer
 from perplexity.types import Source
 from tests.openapi import validate
 

@@ -1,11 +1,12 @@
 """The response schemas describe exactly the bodies the real builders produce: a dump loses and adds nothing.
 
-Each body is built by the server's own code (`api.completion`, `api.sse.chat_chunks`, `PublicModel.openai()`,
-`Conversation.public()`, `api.errors.error_payload`), then checked three ways: `Schema().dump(body)` gives the
-same JSON bytes (so no key is undeclared and none is added), `Schema().validate(body)` finds nothing (required
-keys, null where allowed, tags, enums), and the dump fits the OpenAI spec schema where there is one.
+Each body is built by the server's own code (`api.core.completion`, `api.chat.chunks.chat_chunks`,
+`PublicModel.openai()`, `Conversation.public()`, `api.edge.errors.error_payload`), then checked three ways:
+`Schema().dump(body)` gives the same JSON bytes (so no key is undeclared and none is added), `Schema().validate(body)`
+finds nothing (required keys, null where allowed, tags, enums), and the dump fits the OpenAI spec schema where there
+is one.
 
-Dump cost (not asserted; CPython 3.11.7, min of 7 `timeit` runs on a 2-core box; `api.completion.chunk` builds
+Dump cost (not asserted; CPython 3.11.7, min of 7 `timeit` runs on a 2-core box; `api.core.completion.chunk` builds
 a content chunk's dict in ~0.45 µs and orjson encodes it in 0.2-0.9 µs):
 
     content chunk, no sources          dump with a reused schema ~18 µs    `ChatCompletionChunkSchema().dump` ~180 µs
@@ -24,12 +25,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from api.completion import CompletionMeta, chunk, completion
-from api.conversations import Conversation
-from api.errors import APIError, error_payload
-from api.modelmap import BUILTIN_CATALOGUE, ModelMap, PublicModel
-from api.sse import DONE, ChunkEncoder, chat_chunks, encode
-from api.turn import ChatTurn, TurnLimits
+from api.chat.chunks import ChunkEncoder, chat_chunks
+from api.core.completion import CompletionMeta, chunk, completion
+from api.core.modelmap import BUILTIN_CATALOGUE, ModelMap, PublicModel
+from api.core.turn import ChatTurn, TurnLimits
+from api.edge.errors import APIError, error_payload
+from api.edge.sse import DONE, encode
+from api.steps import StreamHooks
+from api.stores import Conversation
 from perplexity.types import (
     AnswerDelta,
     Completed,
@@ -155,9 +158,7 @@ def streamed(include_usage: bool) -> list[dict]:
     turn = ChatTurn(TurnLimits("markdown"))
     source = _Events(events())
     body = b"".join(
-        chat_chunks(
-            source, turn, meta, prompt_text=PROMPT, include_usage=include_usage, heartbeat=5, on_done=lambda t: None
-        )
+        chat_chunks(source, turn, meta, _HOOKS, prompt_text=PROMPT, include_usage=include_usage, on_done=lambda t: None)
     )
     assert body.endswith(DONE)
     lines = [line for line in body.split(b"\n") if line.startswith(b"data: ")]
@@ -165,12 +166,16 @@ def streamed(include_usage: bool) -> list[dict]:
 
 
 class _Events(list):
-    """An upstream stand-in: the events, and the `close()` the generator calls (read through a reader)."""
+    """An upstream stand-in: the events as one batch from `ticks()`, and the `close()` the generator calls."""
 
-    supports_idle = False
+    def ticks(self, idle: float):
+        yield list(self)
 
     def close(self) -> None:
         pass
+
+
+_HOOKS = StreamHooks(heartbeat=5, gone=lambda: False, first_token=lambda: None, failed=lambda exc: None)
 
 
 @pytest.mark.parametrize("include_usage", [False, True])

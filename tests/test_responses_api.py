@@ -10,11 +10,11 @@ import openai
 import pytest
 import requests
 
-from api.completion import CompletionMeta
-from api.conversations import MemoryResponseStore, StoredResponse
-from api.response_events import ResponseEvents
-from api.response_objects import ResponseMeta, echo_fields
-from api.turn import ChatTurn, TurnLimits
+from api.core.completion import CompletionMeta
+from api.core.turn import ChatTurn, TurnLimits
+from api.responses.events import ResponseEvents
+from api.responses.objects import ResponseMeta, echo_fields
+from api.stores import MemoryResponseStore, StoredResponse
 from perplexity.sse import SSEDecoder
 from perplexity.testing import Fault, Reply
 from perplexity.types import AnswerDelta, ReasoningDelta

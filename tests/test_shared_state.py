@@ -9,8 +9,8 @@ import openai
 import pytest
 import redis
 
-from api.conversations import Conversation
-from api.redis_store import RedisConversationStore, redis_client
+from api.stores import Conversation
+from api.stores.redis_store import RedisConversationStore, redis_client
 from perplexity.types import ThreadIds
 
 from .conftest import free_port
@@ -93,8 +93,8 @@ def test_responses_chain_across_workers(fake, live_server_factory, redis_up):
 
 
 def test_redis_response_store_scope(redis_up):
-    from api.conversations import StoredResponse
-    from api.redis_store import RedisResponseStore
+    from api.stores import StoredResponse
+    from api.stores.redis_store import RedisResponseStore
 
     client = redis_client(REDIS_URL)
     store = RedisResponseStore(client, 60, prefix=f"pplx-test-{secrets.token_hex(4)}:")

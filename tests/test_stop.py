@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.stop import StopScanner
+from api.core.stop import StopScanner
 
 
 def stream(scanner, pieces):

@@ -6,14 +6,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .conversations import ResponseStore, StoredResponse
-from .errors import APIError
-from .response_objects import new_id, output_text
+from ..core.errors import APIError
+from ..stores.records import StoredResponse
+from .objects import new_id, output_text
 
-__all__ = ["MAX_CHAIN", "ResponseInput", "chain_history", "locate_error", "read_input", "stored_items"]
+__all__ = ["ResponseInput", "chain_history", "locate_error", "read_input", "stored_items"]
 
-# How many earlier responses a follow-up replays as history when its Perplexity thread is gone.
-MAX_CHAIN = 32
 _INSTRUCTION_ROLES = ("system", "developer")
 _MESSAGES_PARAM = re.compile(r"^messages(?:\[(\d+)\])?(.*)$")
 
@@ -54,20 +52,11 @@ def locate_error(error: APIError, origins: list[str]) -> APIError:
     return replace(error, param=origins[int(index)] + rest)
 
 
-def chain_history(store: ResponseStore, caller: str, latest: StoredResponse) -> list[dict[str, Any]]:
-    """The text of `latest` and the responses before it (oldest first), as chat messages without instructions.
-
-    The chat core sends only the newest turn when the thread is still known; this history is what a new
-    thread is started from when it is not (expired, deleted, or gone upstream).
-    """
-    records = [latest]
-    while len(records) < MAX_CHAIN and records[-1].previous_id:
-        found = store.get(caller, records[-1].previous_id)
-        if found is None:
-            break
-        records.append(found)
+def chain_history(chain: list[StoredResponse]) -> list[dict[str, Any]]:
+    """The text of a chain of stored responses (oldest first, see `Continuity.response_chain`) as chat messages,
+    without their instructions: the history a new thread starts from when the previous one is gone."""
     messages = []
-    for record in reversed(records):
+    for record in chain:
         for item in [*record.input_items, *record.response.get("output", ())]:
             message = None if item.get("role") in _INSTRUCTION_ROLES else item_message(item, text_only=True)
             if message is not None:

@@ -1,4 +1,4 @@
-"""Legacy completions blueprint: POST /v1/completions as `text_completion` objects (JSON or SSE) on the chat core.
+"""Legacy completions: POST /v1/completions as `text_completion` objects (JSON or SSE) on the chat core.
 
 Decisions, for clients of the old endpoint:
 - `max_tokens` has no default. OpenAI's spec says 16, but Perplexity writes the whole answer anyway and
@@ -14,37 +14,38 @@ Decisions, for clients of the old endpoint:
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response
 
-from perplexity.stream import AskStream
 from schemas.completions import CompletionRequestSchema
 
-from .auth import caller
-from .chat import completion_meta, json_body, read_whole, reserve_stream, stream_response, transcript_text, turn_limits
-from .completion import CompletionMeta, extras, usage
-from .errors import APIError
-from .service import PreparedAsk
-from .sse import DONE, PING, client_watcher, encode, guarded, turn_pieces
-from .state import ServerState, state
-from .turn import ChatTurn
+from ..core.completion import CompletionMeta, extras, usage
+from ..core.errors import APIError
+from ..core.service import PreparedAsk
+from ..core.streaming import turn_pieces
+from ..core.turn import ChatTurn
+from ..edge.auth import caller
+from ..edge.sse import DONE, PING, encode, error_event
+from ..state import state
+from ..steps import StreamHooks, answer, completion_meta, guarded, json_body, json_response, turn_limits
+
+if TYPE_CHECKING:
+    from perplexity.stream import AskStream
 
 __all__ = ["bp", "text_chunks", "text_completion"]
 
-bp = Blueprint("legacy", __name__)
+bp = Blueprint("completions", __name__)
 _schema = CompletionRequestSchema()
 
 
-def _prepare(server: ServerState, body: dict[str, Any]) -> tuple[PreparedAsk, dict[str, Any]]:
-    """Prepare the prompt as a one-message chat on a new thread."""
-    chat = {**body, "messages": [{"role": "user", "content": body["prompt"]}], "conversation_id": None}
+def _prepare(body: dict[str, Any]) -> tuple[PreparedAsk, dict[str, Any]]:
+    """Prepare the prompt as a one-message chat on a new thread (no anchor, never remembered)."""
+    chat = {**body, "messages": [{"role": "user", "content": body["prompt"]}]}
     try:
-        return server.service.prepare(chat, caller(body)), chat
+        return state().service.prepare(chat, caller(body)), chat
     except APIError as exc:
         if (exc.param or "").startswith("messages"):
             raise replace(exc, param="prompt") from exc
@@ -80,35 +81,17 @@ def text_chunks(
     stream: AskStream,
     turn: ChatTurn,
     meta: CompletionMeta,
+    hooks: StreamHooks,
     *,
     prompt_text: str,
     echo: str,
     include_usage: bool,
-    heartbeat: float,
-    on_error: Callable[[BaseException], None] | None = None,
-    on_first_token: Callable[[], None] | None = None,
-    gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The SSE body: the echoed prompt, text chunks, a finish chunk, an optional usage chunk, then [DONE]."""
-    body = _text_body(stream, turn, meta, prompt_text, echo, include_usage, heartbeat, on_first_token, gone)
-    return guarded(body, stream, on_error)
-
-
-def _text_body(
-    stream: AskStream,
-    turn: ChatTurn,
-    meta: CompletionMeta,
-    prompt_text: str,
-    echo: str,
-    include_usage: bool,
-    heartbeat: float,
-    on_first_token: Callable[[], None] | None,
-    gone: Callable[[], bool] | None,
-) -> Iterator[bytes]:
     yield encode(_object(meta, [_choice(echo, None)])) if echo else PING  # flushes the headers at once
     fields: dict[str, Any] = {}
     first_token = False
-    for pieces in turn_pieces(stream, turn, heartbeat, gone):
+    for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
         if pieces is None:
             yield PING
             continue
@@ -118,9 +101,9 @@ def _text_body(
                 fields = extras(turn, meta, final=False)
             elif piece.kind == "content":
                 out.append(_chunk(meta, piece.text, fields))
-                if not first_token and on_first_token is not None:
-                    on_first_token()
-                first_token = True
+                if not first_token:
+                    first_token = True
+                    hooks.first_token()
         if out:
             yield b"".join(out)
     yield _closing(turn, meta, prompt_text, include_usage)
@@ -137,28 +120,19 @@ def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usa
 def create_completion() -> Response:
     """Complete a prompt with Perplexity, streamed or whole."""
     body = _schema.load(json_body())
-    server = state()
-    if body.get("stream"):
-        reserve_stream()
-    prepared, chat = _prepare(server, body)
+    prepared, chat = _prepare(body)
     meta = replace(completion_meta(prepared, chat), id="cmpl-" + secrets.token_hex(12))
-    stream = server.service.open(prepared)  # opened here so errors before the first byte get a real status
     turn = ChatTurn(turn_limits(chat))
-    prompt_text, echo = transcript_text(prepared), body["prompt"] if body.get("echo") else ""
-    if body.get("stream"):
-        started = g.started
+    echo = body["prompt"] if body.get("echo") else ""
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def sse(upstream, hooks: StreamHooks):  # noqa: ANN001, ANN202 - see api.steps.SSEBody
         chunks = text_chunks(
-            stream,
-            turn,
-            meta,
-            prompt_text=prompt_text,
-            echo=echo,
-            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
-            heartbeat=float(current_app.config["HEARTBEAT_INTERVAL"]),
-            gone=client_watcher(request.environ),
-            on_error=server.record_stream_failure,
-            on_first_token=lambda: server.metrics.ttft.observe(time.perf_counter() - started),
+            upstream, turn, meta, hooks, prompt_text=prepared.prompt_text, echo=echo, include_usage=include_usage
         )
-        return stream_response(chunks, stream, {})
-    read_whole(stream, turn)
-    return Response(orjson.dumps(text_completion(turn, meta, prompt_text, echo)), mimetype="application/json")
+        return guarded(chunks, upstream, hooks, error_event)
+
+    def whole() -> Response:
+        return json_response(text_completion(turn, meta, prepared.prompt_text, echo))
+
+    return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole)

@@ -1,27 +1,23 @@
-"""Ops blueprint: liveness, readiness, stats and Prometheus metrics; exempt from keys and quotas."""
+"""Ops endpoints: liveness, readiness, stats and Prometheus metrics; exempt from keys and quotas."""
 
 from __future__ import annotations
 
 import time
 
-import orjson
 from flask import Blueprint, Response
 
-from .state import state
+from ..state import state
+from ..steps import json_response
 
 __all__ = ["bp"]
 
 bp = Blueprint("ops", __name__)
 
 
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
 @bp.get("/health")
 def health() -> Response:
     """Liveness: the process answers (seed compatible); no upstream call."""
-    return _json({"status": "ok", "uptime": round(time.time() - state().started, 1)})
+    return json_response({"status": "ok", "uptime": round(time.time() - state().started, 1)})
 
 
 @bp.get("/health/ready")
@@ -42,14 +38,14 @@ def ready() -> Response:
     body = {"status": "not_ready" if reasons else "ready", "models": server.models_source}
     if reasons:
         body["reasons"] = reasons
-    return _json(body, 503 if reasons else 200)
+    return json_response(body, status=503 if reasons else 200)
 
 
 @bp.get("/stats")
 def stats() -> Response:
     """Counters for humans: uptime, requests, streams, conversations, model list source, upstream errors."""
     server = state()
-    return _json(
+    return json_response(
         {
             "uptime": round(time.time() - server.started, 1),
             "requests": sum(server.counters.values()),

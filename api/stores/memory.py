@@ -1,103 +1,14 @@
-"""Conversation state: which Perplexity thread continues which caller's chat, behind one small store interface."""
+"""In-process stores: conversations and stored responses in this worker's memory, expiring on their own."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
+from .records import Conversation, StoredResponse
 
-from perplexity.types import ThreadIds
-
-__all__ = [
-    "Conversation",
-    "ConversationStore",
-    "MemoryConversationStore",
-    "MemoryResponseStore",
-    "ResponseStore",
-    "StoredResponse",
-    "history_key",
-    "new_conversation_id",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """One chat mapped to one Perplexity thread; `thread` names its latest entry."""
-
-    id: str
-    caller: str
-    thread: ThreadIds
-    model: str
-    created: float
-    updated: float
-    turns: int = 1
-    title: str | None = None
-    history_keys: tuple[str, ...] = field(default=(), repr=False)
-
-    def public(self) -> dict[str, Any]:
-        """What the caller may see (never the thread token)."""
-        return {
-            "id": self.id,
-            "object": "conversation",
-            "created": int(self.created),
-            "updated": int(self.updated),
-            "model": self.model,
-            "turns": self.turns,
-            "title": self.title,
-        }
-
-    def to_json(self) -> bytes:
-        """Serialize for a shared store."""
-        return orjson.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Conversation:
-        """Inverse of to_json."""
-        data = orjson.loads(raw)
-        data["thread"] = ThreadIds(**data["thread"])
-        data["history_keys"] = tuple(data.get("history_keys") or ())
-        return cls(**data)
-
-    def advanced(self, thread: ThreadIds, history: str, title: str | None) -> Conversation:
-        """This conversation after one more turn on `thread`."""
-        keys = (*self.history_keys[-7:], history)  # recent histories suffice: clients resend the latest
-        return replace(
-            self, thread=thread, updated=time.time(), turns=self.turns + 1, title=self.title or title, history_keys=keys
-        )
-
-
-def new_conversation_id() -> str:
-    """A fresh, unguessable conversation id."""
-    return "conv_" + secrets.token_urlsafe(18)
-
-
-def _normalize(text: str) -> str:
-    return " ".join(text.split())
-
-
-def history_key(caller: str, turns: Iterable[tuple[str, str]]) -> str:
-    """A digest of (role, text) turns; whitespace-insensitive, and scoped to the caller."""
-    digest = hashlib.sha256(caller.encode())
-    for role, text in turns:
-        digest.update(b"\x00" + role.encode() + b"\x01" + _normalize(text).encode())
-    return digest.hexdigest()
-
-
-class ConversationStore(Protocol):
-    """Where conversations live; every method is scoped to one caller."""
-
-    def get(self, caller: str, conversation_id: str) -> Conversation | None: ...
-    def find(self, caller: str, key: str) -> Conversation | None: ...
-    def save(self, conversation: Conversation) -> None: ...
-    def list(self, caller: str) -> list[Conversation]: ...
-    def delete(self, caller: str, conversation_id: str) -> bool: ...
-    def count(self) -> int: ...
+__all__ = ["MemoryConversationStore", "MemoryResponseStore"]
 
 
 class MemoryConversationStore:
@@ -167,44 +78,6 @@ class MemoryConversationStore:
         with self._lock:
             self._purge()
             return sum(1 for c in self._items.values() if self._alive(c))
-
-
-# ---- stored Responses API objects -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    """One `/v1/responses` result kept for retrieval and `previous_response_id`: what was sent, and its thread."""
-
-    id: str
-    caller: str
-    created: float
-    conversation_id: str
-    response: dict[str, Any] = field(repr=False)
-    input_items: list[dict[str, Any]] = field(default_factory=list, repr=False)
-
-    @property
-    def previous_id(self) -> str | None:
-        """The response this one continued, if any."""
-        return self.response.get("previous_response_id")
-
-    def to_json(self) -> bytes:
-        """Serialize for a shared store."""
-        return orjson.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> StoredResponse:
-        """Inverse of to_json."""
-        return cls(**orjson.loads(raw))
-
-
-class ResponseStore(Protocol):
-    """Where stored responses live; every method is scoped to one caller."""
-
-    def get(self, caller: str, response_id: str) -> StoredResponse | None: ...
-    def save(self, record: StoredResponse) -> None: ...
-    def delete(self, caller: str, response_id: str) -> bool: ...
-    def count(self) -> int: ...
 
 
 class MemoryResponseStore:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from .conversations import Conversation, StoredResponse
+from .records import Conversation, StoredResponse
 
 __all__ = ["RedisConversationStore", "RedisResponseStore", "redis_client"]
 

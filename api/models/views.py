@@ -1,14 +1,14 @@
-"""Models blueprint: GET /v1/models, GET /v1/models/<id> and POST /v1/models/refresh, in the OpenAI shape."""
+"""Models endpoints: GET /v1/models, GET /v1/models/<id> and POST /v1/models/refresh, in the OpenAI shape."""
 
 from __future__ import annotations
 
-import orjson
 from flask import Blueprint, Response
 
 from schemas import ModelListSchema, ModelSchema
 
-from .errors import APIError
-from .state import state
+from ..edge.errors import APIError
+from ..state import state
+from ..steps import json_response
 
 __all__ = ["bp"]
 
@@ -17,14 +17,10 @@ _model_schema = ModelSchema()
 _list_schema = ModelListSchema()
 
 
-def _json(body: object) -> Response:
-    return Response(orjson.dumps(body), mimetype="application/json")
-
-
 @bp.get("/v1/models")
 def list_models() -> Response:
     """Every public model id: the aliases, then one per upstream model."""
-    return _json(_list_schema.dump({"object": "list", "data": [m.openai() for m in state().models.models()]}))
+    return json_response(_list_schema.dump({"object": "list", "data": [m.openai() for m in state().models.models()]}))
 
 
 @bp.get("/v1/models/<path:model_id>")
@@ -33,7 +29,7 @@ def retrieve_model(model_id: str) -> Response:
     model = state().models.resolve(model_id)
     if model is None:
         raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
-    return _json(_model_schema.dump(model.openai()))
+    return json_response(_model_schema.dump(model.openai()))
 
 
 @bp.post("/v1/models/refresh")
@@ -48,4 +44,4 @@ def refresh_models() -> Response:
         "error": server.models_error,
         "data": [m.openai() for m in server.models.models()],
     }
-    return _json(body)
+    return json_response(body)

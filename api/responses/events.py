@@ -9,15 +9,14 @@ history from those).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from perplexity.errors import PerplexityError
-from perplexity.stream import AskStream
-
-from .errors import APIError, to_api_error
-from .response_objects import (
+from ..core.streaming import turn_pieces
+from ..core.turn import ChatTurn, Piece
+from ..edge.errors import to_api_error
+from ..edge.sse import PING, encode
+from .objects import (
     ResponseMeta,
     message_item,
     new_id,
@@ -29,12 +28,13 @@ from .response_objects import (
     response_usage,
     url_citations,
 )
-from .sse import PING, ClientGone, encode, turn_pieces
-from .turn import ChatTurn, Piece
+
+if TYPE_CHECKING:
+    from perplexity.stream import AskStream
+
+    from ..steps import StreamHooks
 
 __all__ = ["ResponseEvents", "response_events"]
-
-log = logging.getLogger(__name__)
 
 
 class ResponseEvents:
@@ -90,11 +90,15 @@ class ResponseEvents:
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         return self.event(kind, response=response)
 
+    def failed_event(self, exc: BaseException, turn: ChatTurn, keep: Callable[[dict[str, Any]], None]) -> bytes:
+        """`response.failed` for what ended the stream, after `keep` stored the failed response."""
+        failed = self.failed(exc, turn)
+        keep(failed)
+        return self.event("response.failed", response=failed)
+
     def failed(self, exc: BaseException, turn: ChatTurn) -> dict[str, Any]:
         """The failed response: finished items plus whatever was open, marked incomplete."""
         error = to_api_error(exc)
-        if not isinstance(exc, PerplexityError | APIError):
-            log.exception("response stream failed")
         output = list(self.output)
         if self._reasoning_id is not None:
             output.append(reasoning_item(self._reasoning_id, self._reasoning, "incomplete"))
@@ -178,44 +182,29 @@ def response_events(
     stream: AskStream,
     turn: ChatTurn,
     events: ResponseEvents,
+    hooks: StreamHooks,
     *,
     prompt_text: str,
-    heartbeat: float,
     on_done: Callable[[ChatTurn, dict[str, Any]], None],
-    on_failed: Callable[[dict[str, Any]], None],
-    on_error: Callable[[BaseException], None] | None = None,
-    on_first_token: Callable[[], None] | None = None,
-    gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
-    """The SSE body of a streamed response; it always ends in response.completed, .incomplete or .failed.
+    """The SSE body of a streamed response; with `events.failed_event` as the failure renderer of
+    `api.steps.guarded`, it always ends in response.completed, .incomplete or .failed.
 
     `on_done` runs before the final event, so a client that chains on `response.completed` at once finds
     the response stored. No `[DONE]`: the Responses API ends with its lifecycle event.
     """
     yield events.start()
     first_token = False
-    try:
-        for pieces in turn_pieces(stream, turn, heartbeat, gone):
-            if pieces is None:
-                yield PING
-                continue
-            out = events.feed(pieces)
-            if not first_token and any(piece.kind == "content" for piece in pieces):
-                first_token = True
-                if on_first_token is not None:
-                    on_first_token()
-            if out:
-                yield b"".join(out)
-        closing, response = events.finish(turn, prompt_text)
-        on_done(turn, response)
-        yield closing + events.final(response)
-    except ClientGone:
-        return
-    except Exception as exc:
-        if on_error is not None:
-            on_error(exc)
-        failed = events.failed(exc, turn)
-        on_failed(failed)
-        yield events.event("response.failed", response=failed)
-    finally:
-        stream.close()
+    for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
+        if pieces is None:
+            yield PING
+            continue
+        out = events.feed(pieces)
+        if not first_token and any(piece.kind == "content" for piece in pieces):
+            first_token = True
+            hooks.first_token()
+        if out:
+            yield b"".join(out)
+    closing, response = events.finish(turn, prompt_text)
+    on_done(turn, response)
+    yield closing + events.final(response)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,7 +11,7 @@ from perplexity.errors import ThreadNotFoundError
 from perplexity.stream import AskStream
 from perplexity.types import AskOptions, ThreadIds
 
-from .conversations import Conversation, ConversationStore, history_key, new_conversation_id
+from .continuity import Continuity, Placement
 from .errors import APIError
 from .messages import Transcript, flatten_query, read_messages
 from .modelmap import ModelMap, PublicModel
@@ -30,27 +29,40 @@ _DEEP_EFFORT = {"high", "xhigh", "max"}
 class PreparedAsk:
     """Everything needed to run one turn and to remember it afterwards."""
 
-    caller: str
     model: PublicModel
     transcript: Transcript
     query: str
     options: AskOptions
-    conversation: Conversation | None
-    conversation_id: str
+    placement: Placement
+
+    @property
+    def caller(self) -> str:
+        """Who asked (conversations are scoped to it)."""
+        return self.placement.caller
+
+    @property
+    def conversation_id(self) -> str:
+        """The conversation this turn belongs to (sent back as X-Conversation-ID)."""
+        return self.placement.conversation_id
 
     @property
     def is_follow_up(self) -> bool:
         """True when this turn continues an existing Perplexity thread."""
         return self.options.follow_up is not None
 
+    @property
+    def prompt_text(self) -> str:
+        """The text usage counts as prompt: instructions and every turn sent."""
+        return "\n".join(text for _, text in self.transcript.keyed_turns())
+
 
 class ChatService:
     """Prepares asks from chat messages, opens them, and remembers the threads they created."""
 
-    def __init__(self, client: PerplexityClient, models: ModelMap, store: ConversationStore, config: dict[str, Any]):
+    def __init__(self, client: PerplexityClient, models: ModelMap, continuity: Continuity, config: dict[str, Any]):
         self.client = client
         self.models = models
-        self.store = store
+        self.continuity = continuity
         self.config = config
 
     def resolve_model(self, model_id: str | None) -> PublicModel:
@@ -64,18 +76,23 @@ class ChatService:
             )  # fmt: skip
         return model
 
-    def prepare(self, body: dict[str, Any], caller: str, transcript: Transcript | None = None) -> PreparedAsk:
-        """Resolve the model, read the messages and decide: follow-up on a known thread, or a new one."""
+    def prepare(
+        self, body: dict[str, Any], caller: str, *, anchor: str | None = None, transcript: Transcript | None = None
+    ) -> PreparedAsk:
+        """Resolve the model, read the messages and place the turn: a follow-up on a known thread, or a new one.
+
+        `anchor` is the conversation the request names explicitly (see `continuity`), None to match its history.
+        """
         model = self.resolve_model(body.get("model"))
         transcript = transcript or read_messages(body["messages"])
         options = self._options(body, model)
-        conversation, conversation_id = self._conversation(body, caller, transcript)
-        if conversation is not None:
-            options = replace(options, follow_up=conversation.thread)
+        placement = self.continuity.place(caller, transcript.keyed_turns(), anchor=anchor)
+        if placement.thread is not None:
+            options = replace(options, follow_up=placement.thread)
             query = transcript.turns[-1][1]
         else:
             query = flatten_query(transcript)
-        return PreparedAsk(caller, model, transcript, query, options, conversation, conversation_id)
+        return PreparedAsk(model, transcript, query, options, placement)
 
     def open(self, prepared: PreparedAsk) -> AskStream:
         """Upload inline files and open the ask; a vanished thread falls back to a new one."""
@@ -87,44 +104,15 @@ class ChatService:
         except ThreadNotFoundError:
             if not prepared.is_follow_up:
                 raise
-            log.info("conversation %s: its thread is gone; starting a new one", prepared.conversation_id)
-            prepared.conversation = None
+            self.continuity.restart(prepared.placement)
             prepared.options = replace(prepared.options, follow_up=None)
             prepared.query = flatten_query(prepared.transcript)
             return self.client.ask(prepared.query, prepared.options)
 
     def remember(self, prepared: PreparedAsk, thread: ThreadIds | None, answer: str, title: str | None) -> None:
-        """Store the thread so the client's next turn (history + this answer) continues it."""
-        if thread is None:
-            return
-        turns = [*prepared.transcript.keyed_turns(), ("assistant", answer)]
-        key = history_key(prepared.caller, turns)
-        if prepared.conversation is not None:
-            conversation = prepared.conversation.advanced(thread, key, title)
-        else:
-            now = time.time()
-            conversation = Conversation(
-                prepared.conversation_id, prepared.caller, thread, prepared.model.id, now, now, 1, title, (key,)
-            )
-        try:
-            self.store.save(conversation)
-        except PermissionError:
-            log.warning("conversation id collision for caller; not remembered")
-
-    # ---- helpers --------------------------------------------------------------------------
-
-    def _conversation(
-        self, body: dict[str, Any], caller: str, transcript: Transcript
-    ) -> tuple[Conversation | None, str]:
-        pinned = body.get("conversation_id")
-        if isinstance(pinned, str) and pinned:
-            return self.store.get(caller, pinned), pinned
-        if len(transcript.turns) >= 3:
-            key = history_key(caller, transcript.keyed_turns()[:-1])
-            found = self.store.find(caller, key)
-            if found is not None:
-                return found, found.id
-        return None, new_conversation_id()
+        """Keep the thread so the client's next turn (history + this answer) continues it."""
+        turns = prepared.transcript.keyed_turns()
+        self.continuity.remember(prepared.placement, turns, prepared.model.id, thread, answer, title)
 
     def _options(self, body: dict[str, Any], model: PublicModel) -> AskOptions:
         upstream = model.upstream

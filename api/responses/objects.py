@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .completion import CompletionMeta, extras
-from .completion import usage as chat_usage
-from .errors import APIError
-from .turn import ChatTurn
+from ..core.completion import CompletionMeta, extras
+from ..core.completion import usage as chat_usage
+from ..core.errors import APIError
+from ..core.turn import ChatTurn
 
 __all__ = [
     "ResponseMeta",

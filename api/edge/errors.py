@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -13,24 +12,11 @@ from werkzeug.exceptions import HTTPException
 
 from perplexity import errors as px
 
+from ..core.errors import APIError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["APIError", "error_payload", "error_response", "register", "to_api_error"]
-
-
-@dataclass
-class APIError(Exception):
-    """An error to send to the client as `{"error": {message, type, param, code}}` with `status`."""
-
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    code: str | None = None
-    param: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 _NO_RETRY = {"x-should-retry": "false"}

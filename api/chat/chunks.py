@@ -1,0 +1,115 @@
+"""The chat completion stream: a ChatTurn's pieces as `chat.completion.chunk` events, built from a template."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..core.completion import CompletionMeta, chunk, extras, usage
+from ..core.streaming import turn_pieces
+from ..core.turn import ChatTurn
+from ..edge.sse import DONE, PING, encode
+
+if TYPE_CHECKING:
+    from perplexity.stream import AskStream
+
+    from ..steps import StreamHooks
+
+__all__ = ["ChunkEncoder", "chat_chunks"]
+
+
+class ChunkEncoder:
+    """The SSE bytes of one completion's delta chunks, equal to `encode(chunk(...))` at a fraction of the cost.
+
+    Everything but the delta (id, model, choices scaffolding, usage, citations and search results) is encoded
+    once into a prefix and a suffix, and again only when the fields change (new sources); each chunk then
+    encodes just its delta. The template comes from `chunk()` itself, so the two cannot drift apart.
+    """
+
+    __slots__ = ("_meta", "_with_usage", "_prefix", "_suffix")
+
+    def __init__(self, meta: CompletionMeta, *, with_usage: bool, fields: dict[str, Any] | None = None) -> None:
+        self._meta = meta
+        self._with_usage = with_usage
+        self.set_fields(fields or {})
+
+    def set_fields(self, fields: dict[str, Any]) -> None:
+        """Perplexity's top-level fields (citations, search_results) for the chunks from now on."""
+        whole = encode(chunk(self._meta, _PLACEHOLDER, fields=fields, with_usage=self._with_usage))
+        # A literal {"__delta__":0} can only be the placeholder: inside a JSON string its quotes are escaped.
+        self._prefix, self._suffix = whole.split(_PLACEHOLDER_JSON, 1)
+
+    def content(self, text: str) -> bytes:
+        return self._prefix + b'{"content":' + orjson.dumps(text) + b"}" + self._suffix
+
+    def delta(self, delta: dict[str, Any]) -> bytes:
+        return self._prefix + orjson.dumps(delta) + self._suffix
+
+
+_PLACEHOLDER: dict[str, Any] = {"__delta__": 0}
+_PLACEHOLDER_JSON = orjson.dumps(_PLACEHOLDER)
+
+
+def chat_chunks(
+    stream: AskStream,
+    turn: ChatTurn,
+    meta: CompletionMeta,
+    hooks: StreamHooks,
+    *,
+    prompt_text: str,
+    include_usage: bool,
+    on_done: Callable[[ChatTurn], None],
+) -> Iterator[bytes]:
+    """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE].
+
+    Failures are not handled here: `api.steps.guarded` runs this body and ends a broken stream.
+    """
+    yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
+    started = first_token = False
+    encoder = ChunkEncoder(meta, with_usage=include_usage)
+    for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
+        if pieces is None:
+            yield PING
+            continue
+        out: list[bytes] = []
+        for piece in pieces:
+            kind = piece.kind
+            if kind == "sources":
+                encoder.set_fields(extras(turn, meta, final=False))  # they ride on this and later chunks
+            if not started:
+                started = True
+                out.append(encoder.delta({"role": "assistant", "content": ""}))
+            if kind == "content":
+                out.append(encoder.content(piece.text))
+                if not first_token:
+                    first_token = True
+                    hooks.first_token()
+            elif kind == "reasoning":
+                out.append(encoder.delta({"reasoning_content": piece.text, "reasoning": piece.text}))
+            # "finish" is sent once, by _closing
+        if out:
+            yield b"".join(out)
+    yield _closing(turn, meta, prompt_text, include_usage, started)
+    on_done(turn)
+
+
+def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usage: bool, started: bool) -> bytes:
+    parts = []
+    if not started:
+        parts.append(encode(chunk(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)))
+    fields = extras(turn, meta, final=True)
+    annotations = turn.annotations
+    # Not in the spec's delta schema, but OpenRouter-style clients read annotations from a late delta.
+    delta: dict[str, Any] = {"annotations": annotations} if annotations else {}
+    parts.append(
+        encode(chunk(meta, delta, finish_reason=turn.finish_reason or "stop", fields=fields, with_usage=include_usage))
+    )
+    if include_usage:
+        body = chunk(meta, {}, fields=None)
+        body["choices"] = []
+        body["usage"] = usage(prompt_text, turn)
+        parts.append(encode(body))
+    parts.append(DONE)
+    return b"".join(parts)

@@ -1,0 +1,69 @@
+"""Chat endpoints: POST /v1/chat/completions (JSON or SSE), GET /conversations, DELETE /conversations/<id>."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from schemas import ChatCompletionRequestSchema, ConversationDeletedSchema, ConversationListSchema
+
+from ..core.completion import completion
+from ..core.errors import APIError
+from ..core.turn import ChatTurn
+from ..edge.auth import caller
+from ..edge.sse import error_event
+from ..state import state
+from ..steps import StreamHooks, answer, completion_meta, guarded, json_body, json_response, turn_limits
+from .chunks import chat_chunks
+
+__all__ = ["bp"]
+
+bp = Blueprint("chat", __name__)
+_schema = ChatCompletionRequestSchema()
+# Other response bodies are dumped through their schemas. The completion and its stream chunks are built by
+# hand on the hot path (a schema dump costs more than the rest of a chunk's work), and test_response_schemas
+# checks that ChatCompletionSchema / ChatCompletionChunkSchema dump them unchanged.
+_conversations_schema = ConversationListSchema()
+_deleted_schema = ConversationDeletedSchema()
+
+
+@bp.post("/v1/chat/completions")
+def create_chat_completion() -> Response:
+    """Answer a chat with Perplexity, streamed or whole."""
+    body = _schema.load(json_body())
+    service = state().service
+    prepared = service.prepare(body, caller(body), anchor=body.get("conversation_id"))
+    meta, turn = completion_meta(prepared, body), ChatTurn(turn_limits(body))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def remember(done: ChatTurn) -> None:
+        service.remember(prepared, done.thread, done.content, done.title)
+
+    def sse(upstream, hooks: StreamHooks):  # noqa: ANN001, ANN202 - see api.steps.SSEBody
+        chunks = chat_chunks(
+            upstream, turn, meta, hooks, prompt_text=prepared.prompt_text, include_usage=include_usage,
+            on_done=remember,
+        )  # fmt: skip
+        return guarded(chunks, upstream, hooks, error_event)
+
+    def whole() -> Response:
+        remember(turn)
+        return json_response(completion(turn, meta, prepared.prompt_text), headers)
+
+    headers = {"X-Conversation-ID": prepared.conversation_id}
+    return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole, headers=headers)
+
+
+@bp.get("/conversations")
+def list_conversations() -> Response:
+    """The caller's own conversations."""
+    items = [c.public() for c in state().store.list(caller())]
+    return json_response(_conversations_schema.dump({"object": "list", "data": items}))
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id: str) -> Response:
+    """Forget one of the caller's conversations."""
+    if not state().store.delete(caller(), conversation_id):
+        raise APIError(404, f"No conversation '{conversation_id}'.", code="conversation_not_found")
+    body = _deleted_schema.dump({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+    return json_response(body)

@@ -1,0 +1,1 @@
+"""The Flask-free core: chat-shaped requests in, Perplexity asks out, answers rendered back; no HTTP here."""

@@ -1,0 +1,44 @@
+"""Reading an answer stream into a turn: batches of pieces as they arrive, a None for each heartbeat of silence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from perplexity.stream import AskStream
+
+from .turn import ChatTurn, Piece
+
+__all__ = ["ClientGone", "turn_pieces"]
+
+
+class ClientGone(Exception):
+    """The client closed its connection; the stream should end quietly (nothing can be sent any more)."""
+
+
+def turn_pieces(
+    stream: AskStream, turn: ChatTurn, heartbeat: float, gone: Callable[[], bool] | None = None
+) -> Iterator[list[Piece] | None]:
+    """What `turn` makes of each upstream batch (None after `heartbeat` s of silence); stops once it finished.
+
+    The greenlet that answers the client reads the upstream itself (`AskStream.ticks`): every transport can time
+    a wait and carry on, so no reader and no queue per stream. Each silent tick also checks whether the client
+    is still there (`gone`), so a departed client releases the upstream within one heartbeat.
+    """
+    batches = stream.ticks(heartbeat)
+    try:
+        for batch in batches:
+            if batch is None:
+                if gone is not None and gone():
+                    raise ClientGone
+                yield None
+                continue
+            pieces: list[Piece] = []
+            for event in batch:
+                pieces += turn.feed(event)
+                if turn.finish_reason is not None:
+                    break
+            yield pieces
+            if turn.finish_reason is not None:
+                return
+    finally:
+        batches.close()  # releases the upstream at once, not when the generator is collected

@@ -1,0 +1,144 @@
+"""Responses endpoints: POST /v1/responses (JSON or SSE events) on the chat core, and the caller's stored responses."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from schemas.responses import CreateResponseRequestSchema
+
+from ..core.errors import APIError
+from ..core.service import PreparedAsk
+from ..core.turn import ChatTurn
+from ..edge.auth import caller
+from ..state import ServerState, state
+from ..steps import StreamHooks, answer, completion_meta, guarded, json_body, json_response, turn_limits
+from ..stores.records import StoredResponse
+from .events import ResponseEvents, response_events
+from .inputs import chain_history, locate_error, read_input, stored_items
+from .objects import ResponseMeta, echo_fields, response_object, response_status, response_usage, whole_output
+
+__all__ = ["bp"]
+
+bp = Blueprint("responses", __name__)
+_schema = CreateResponseRequestSchema()
+_MAX_PAGE = 100
+
+
+def _stored(server: ServerState, response_id: str, param: str | None = None) -> StoredResponse:
+    """The caller's stored response; 404 when it is unknown, expired, not stored, or someone else's."""
+    record = server.responses.get(caller(), response_id)
+    if record is None:
+        label = "Previous response" if param == "previous_response_id" else "Response"
+        code = "previous_response_not_found" if param == "previous_response_id" else "response_not_found"
+        raise APIError(404, f"{label} with id '{response_id}' not found.", code=code, param=param)
+    return record
+
+
+def _prepare(server: ServerState, body: dict[str, Any]) -> tuple[PreparedAsk, dict[str, Any]]:
+    """The chat-shaped body the chat core takes, prepared on the thread `previous_response_id` continues.
+
+    The previous response anchors the turn to its conversation (the thread rule, `api.core.continuity`); its chain
+    is the history sent when that thread has to be started again. Instructions are not carried over.
+    """
+    previous_id = body.get("previous_response_id")
+    previous = _stored(server, previous_id, "previous_response_id") if previous_id else None
+    chain = server.service.continuity.response_chain(caller(), previous) if previous else []
+    read = read_input(body, chain_history(chain))
+    chat = {
+        **body,  # Perplexity's options and any extras keep their chat names
+        "messages": read.messages,
+        "max_completion_tokens": body.get("max_output_tokens"),
+        "reasoning_effort": (body.get("reasoning") or {}).get("effort"),
+    }
+    anchor = previous.conversation_id if previous else body.get("conversation_id")
+    try:
+        return server.service.prepare(chat, caller(body), anchor=anchor), chat
+    except APIError as exc:
+        raise locate_error(exc, read.origins) from exc
+
+
+@bp.post("/v1/responses")
+def create_response() -> Response:
+    """Answer `input` with Perplexity as a Responses API `response`, streamed as events or whole."""
+    body = _schema.load(json_body())
+    server = state()
+    prepared, chat = _prepare(server, body)
+    meta = ResponseMeta(completion_meta(prepared, chat), echo_fields(body))
+    turn = ChatTurn(turn_limits(chat))
+    items, who = stored_items(body["input"]), caller()
+
+    def keep(response: dict[str, Any]) -> None:
+        if body.get("store") is not False:
+            record = StoredResponse(response["id"], who, time.time(), prepared.conversation_id, response, items)
+            server.responses.save(record)
+
+    def done(finished: ChatTurn, response: dict[str, Any]) -> None:
+        server.service.remember(prepared, finished.thread, finished.content, finished.title)
+        keep(response)
+
+    def sse(upstream, hooks: StreamHooks):  # noqa: ANN001, ANN202 - see api.steps.SSEBody
+        events = ResponseEvents(meta)
+        body_ = response_events(upstream, turn, events, hooks, prompt_text=prepared.prompt_text, on_done=done)
+        return guarded(body_, upstream, hooks, lambda exc: events.failed_event(exc, turn, keep))
+
+    def whole() -> Response:
+        output, usage = whole_output(meta, turn), response_usage(prepared.prompt_text, turn)
+        response = response_object(meta, turn, status=response_status(turn), output=output, usage=usage)
+        done(turn, response)
+        return json_response(response, headers)
+
+    headers = {"X-Conversation-ID": prepared.conversation_id}
+    return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole, headers=headers)
+
+
+@bp.get("/v1/responses/<response_id>")
+def retrieve_response(response_id: str) -> Response:
+    """One of the caller's stored responses, as it was sent."""
+    return json_response(_stored(state(), response_id).response)
+
+
+@bp.delete("/v1/responses/<response_id>")
+def delete_response(response_id: str) -> Response:
+    """Forget one of the caller's stored responses."""
+    if not state().responses.delete(caller(), response_id):
+        raise APIError(404, f"Response with id '{response_id}' not found.", code="response_not_found")
+    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@bp.get("/v1/responses/<response_id>/input_items")
+def list_input_items(response_id: str) -> Response:
+    """The input items of a stored response, a page at a time (`limit`, `order`, `after`)."""
+    items = list(_stored(state(), response_id).input_items)
+    if _query_order() == "desc":  # OpenAI's default: newest first
+        items.reverse()
+    after = request.args.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise APIError(400, f"No input item '{after}' in this response.", code="invalid_value", param="after")
+        items = items[ids.index(after) + 1 :]
+    limit = _query_limit()
+    page = items[:limit]
+    first, last = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    body = {"object": "list", "data": page, "first_id": first, "last_id": last, "has_more": len(items) > limit}
+    return json_response(body)
+
+
+def _query_order() -> str:
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise APIError(
+            400, "Invalid value for 'order': must be one of: asc, desc.", code="invalid_value", param="order"
+        )
+    return order
+
+
+def _query_limit() -> int:
+    raw = request.args.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_PAGE:
+        message = f"Invalid value for 'limit': must be an integer between 1 and {_MAX_PAGE}."
+        raise APIError(400, message, code="invalid_value", param="limit")
+    return int(raw)

@@ -1,0 +1,212 @@
+"""The steps every answering view shares: read the body, build the turn, hold a stream slot, open the upstream, and
+hand it to a streamed or whole response that always closes it.
+
+A view of an endpoint family does three things of its own: turn its request into a chat-shaped body and a
+`PreparedAsk`, say how its stream is written (an SSE body over the turn), and say how its whole answer looks.
+Everything else, including the one path a stream failure takes, lives here so the families cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import Response, current_app, g, request
+
+from perplexity.errors import PerplexityError
+from perplexity.stream import AskStream
+
+from .core.completion import CompletionMeta
+from .core.errors import APIError
+from .core.service import PreparedAsk
+from .core.streaming import ClientGone
+from .core.turn import ChatTurn, TurnLimits
+from .edge.quotas import check_stream_cap
+from .edge.sse import client_watcher
+from .state import ServerState, state
+
+__all__ = [
+    "StreamHooks",
+    "StreamSlot",
+    "answer",
+    "completion_meta",
+    "guarded",
+    "json_body",
+    "json_response",
+    "read_whole",
+    "turn_limits",
+]
+
+log = logging.getLogger(__name__)
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# ---- the request ------------------------------------------------------------------------------------------
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object; 415 when it is not JSON, 400 when it does not parse."""
+    if not request.is_json:
+        raise APIError(
+            415, "The request body must be JSON (Content-Type: application/json).", code="unsupported_media_type"
+        )
+    try:
+        body = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def json_response(body: Any, headers: dict[str, str] | None = None, status: int = 200) -> Response:
+    """A JSON response (orjson: the schemas' dumps are checked against these bodies in the tests)."""
+    return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+def turn_limits(body: dict[str, Any]) -> TurnLimits:
+    """The output limits of a chat-shaped body."""
+    stop = body.get("stop")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    mode = body.get("citation_mode") or current_app.config["DEFAULT_CITATION_MODE"]
+    return TurnLimits(citation_mode=mode, stops=stops, max_tokens=max_tokens)
+
+
+def completion_meta(prepared: PreparedAsk, body: dict[str, Any]) -> CompletionMeta:
+    """Identity and opt-in extras of the answer to a chat-shaped body."""
+    return CompletionMeta(
+        model=prepared.model.id,
+        want_related=bool(body.get("return_related_questions")),
+        want_images=bool(body.get("return_images")),
+    )
+
+
+# ---- streams ----------------------------------------------------------------------------------------------
+
+
+class StreamSlot:
+    """One of the caller's MAX_CONCURRENT_STREAMS, counted from the check on; `release` gives it back once."""
+
+    __slots__ = ("_server", "_caller", "_held")
+
+    def __init__(self, server: ServerState, caller: str) -> None:
+        cap = int(server.config["MAX_CONCURRENT_STREAMS"])
+        # The check and the count happen with no I/O in between, so a concurrent burst cannot slip past the cap
+        # within a worker (greenlets switch only on I/O).
+        check_stream_cap(server.streams_by_caller[caller], cap, server.metrics)
+        server.stream_opened(caller)
+        self._server, self._caller, self._held = server, caller, True
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        if self._held:
+            self._held = False
+            self._server.stream_closed(self._caller)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHooks:
+    """What a streamed answer needs from the request around it, built once per request."""
+
+    heartbeat: float
+    gone: Callable[[], bool]
+    first_token: Callable[[], None]
+    failed: Callable[[BaseException], None]
+
+
+def _stream_hooks(server: ServerState) -> StreamHooks:
+    started = g.started
+
+    def first_token() -> None:
+        server.metrics.ttft.observe(time.perf_counter() - started)
+
+    def failed(exc: BaseException) -> None:
+        # The one place a stream failure is counted and logged (the client gets its family's error event).
+        if isinstance(exc, PerplexityError):
+            server.record_upstream_error(exc)
+            log.warning("stream ended by upstream %s: %s", exc.kind, exc.message)
+        elif not isinstance(exc, APIError):
+            log.exception("stream failed")
+
+    return StreamHooks(
+        heartbeat=float(server.config["HEARTBEAT_INTERVAL"]),
+        gone=client_watcher(request.environ),
+        first_token=first_token,
+        failed=failed,
+    )
+
+
+def guarded(
+    body: Iterator[bytes], upstream: AskStream, hooks: StreamHooks, fail: Callable[[BaseException], bytes]
+) -> Iterator[bytes]:
+    """Run an SSE body: a failure is reported once and becomes the family's closing error event (`fail`), a
+    departed client ends it quietly, and the upstream is closed whatever happens."""
+    try:
+        yield from body
+    except ClientGone:
+        return
+    except Exception as exc:
+        hooks.failed(exc)
+        yield fail(exc)
+    finally:
+        upstream.close()
+
+
+def _stream_response(body: Iterator[bytes], upstream: AskStream, slot: StreamSlot, headers: dict[str, str]) -> Response:
+    response = Response(body, mimetype="text/event-stream", headers={**_SSE_HEADERS, **headers})
+    response.call_on_close(upstream.close)  # a generator that never started never runs its finally
+    response.call_on_close(slot.release)
+    return response
+
+
+def read_whole(stream: AskStream, turn: ChatTurn) -> None:
+    """Feed the whole answer to `turn` (up to its limits), for a non-streamed reply."""
+    with stream:
+        for event in stream:
+            turn.feed(event)
+            if turn.finish_reason is not None:
+                break
+    if turn.completed is not None and turn.completed.revised and turn.finish_reason == "stop":
+        turn.rerender(turn.completed.final_answer)  # a whole answer can take Perplexity's revision
+
+
+SSEBody = Callable[[AskStream, StreamHooks], Iterator[bytes]]
+
+
+def answer(
+    prepared: PreparedAsk,
+    turn: ChatTurn,
+    *,
+    stream: SSEBody | None,
+    whole: Callable[[], Response],
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Open the upstream for `prepared` and answer: as SSE written by `stream` (None: not streamed), or whole.
+
+    The turn is built before anything is sent upstream, so a request the turn refuses costs no ask. From the open
+    on, every failure closes the upstream before it propagates; once the response exists it owns the upstream.
+    """
+    server = state()
+    slot = StreamSlot(server, g.get("caller", "")) if stream is not None else None
+    try:
+        upstream = server.service.open(prepared)  # errors before the first byte get a real status
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    try:
+        if stream is not None and slot is not None:
+            return _stream_response(stream(upstream, _stream_hooks(server)), upstream, slot, headers or {})
+        read_whole(upstream, turn)
+        return whole()
+    except BaseException:
+        upstream.close()
+        if slot is not None:
+            slot.release()
+        raise
