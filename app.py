@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from dotenv import load_dotenv
 from flask import Flask, Response, g, has_request_context, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import register_blueprints
-from api.config import defaults, settings_from_env
+from api.config import SettingError, defaults, load_dotenv_file, settings_from_env, validate
 from api.edge import quotas
 from api.edge.auth import authenticate, configured_keys
 from api.edge.errors import register as register_errors
@@ -49,12 +49,14 @@ def _configure_logging(level: str) -> None:
 
 
 def _config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings: defaults, then `config` or the environment (and `.env`); SettingError if one is unusable."""
     values = defaults()
     if config is None:
-        load_dotenv()  # gunicorn does not read .env by itself
+        load_dotenv_file()  # gunicorn.conf.py has done it already; `flask run` and scripts have not
         values.update(settings_from_env(os.environ))
     else:
         values.update(config)
+    validate(values)
     return values
 
 
@@ -79,7 +81,10 @@ def _install_hooks(app: Flask, server: ServerState, keys: tuple[bytes, ...]) -> 
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from `config`, or from the environment (and `.env`) when None. No network I/O."""
+    """Build the app from `config`, or from the environment (and `.env`) when None. No network I/O.
+
+    Raises SettingError, naming the variable, when a setting cannot be used.
+    """
     app = Flask(__name__)
     app.config.from_mapping(_config(config))
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_REQUEST_BYTES"])
@@ -100,4 +105,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-app = create_app()
+def _app_or_exit() -> Flask:
+    try:
+        return create_app()
+    except SettingError as exc:
+        # One line, no traceback; gunicorn reads exit status 4 as "App failed to load" and stops.
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(4) from None
+
+
+app = _app_or_exit()

@@ -1,12 +1,23 @@
 """gunicorn settings for this server, read automatically from the working directory (cf. example_config.py)."""
 
 import os
+import sys
 
 from gunicorn.glogging import Logger  # gunicorn itself, not the app: safe before patching
 
+from api.config import SettingError, gunicorn_settings, load_dotenv_file  # stdlib only: safe before patching
+
+# .env first, so a PORT (or any setting) there counts here too, not only in the app that loads later.
+load_dotenv_file()
+try:
+    _env = gunicorn_settings(os.environ)
+except SettingError as exc:
+    sys.stderr.write(f"error: {exc}\n")
+    raise SystemExit(1) from None
+
 # Server socket
 #   bind - where to listen. PaaS platforms set PORT; 8000 otherwise.
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+bind = f"0.0.0.0:{_env['PORT']}"
 
 #   backlog - connections queued while every worker is busy accepting.
 backlog = 2048
@@ -24,11 +35,11 @@ backlog = 2048
 #       balancer's idle timeout so the two do not race.
 #   max_requests - 0: recycling a worker would cut every stream it holds.
 worker_class = "gevent"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "120"))
-keepalive = int(os.environ.get("KEEPALIVE", "75"))
+workers = _env["WEB_CONCURRENCY"]
+worker_connections = _env["WORKER_CONNECTIONS"]
+timeout = _env["GUNICORN_TIMEOUT"]
+graceful_timeout = _env["GRACEFUL_TIMEOUT"]
+keepalive = _env["KEEPALIVE"]
 max_requests = 0
 
 #   preload_app - must stay False: gevent patches sockets and ssl in each worker after the fork, and
@@ -41,9 +52,9 @@ preload_app = False
 #       '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s' without building gunicorn's
 #       dict of every header per request (about 6x cheaper; ~6% of a non-streamed request's CPU).
 #       ACCESS_LOG=false turns the access log off.
-accesslog = None if os.environ.get("ACCESS_LOG", "true").strip().lower() in ("0", "false", "off", "no") else "-"
+accesslog = "-" if _env["ACCESS_LOG"] else None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = os.environ.get("LOG_LEVEL", "info").strip().lower()
 
 
 class AccessLogger(Logger):
@@ -76,4 +87,4 @@ logger_class = AccessLogger
 
 # Server mechanics
 #   forwarded_allow_ips - trust X-Forwarded-* only from these addresses (TRUST_PROXY sets a list).
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+forwarded_allow_ips = _env["FORWARDED_ALLOW_IPS"]

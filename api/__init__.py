@@ -16,7 +16,10 @@ imports another; core and stores never import Flask (tests/test_layers.py).
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # gunicorn's master imports api.config before gevent patches sockets: no Flask at import
+    from flask import Flask
 
 __all__ = ["register_blueprints"]
 

@@ -1,55 +1,186 @@
-"""Every setting the server reads, with its default, declared once and read from the environment in one place."""
+"""Every setting the server reads, declared once with its default and its valid values, read and checked in one place.
+
+The app's settings become Flask config keys of the same name; gunicorn's (`PORT`, `WEB_CONCURRENCY`, ...) are
+read by `gunicorn.conf.py` through `gunicorn_settings`. Both read `.env` from the working directory first, so
+a value there works for either. A value that cannot be used stops the start with one line naming the variable
+(`SettingError`), never a fallback to the default that hides the typo.
+
+This module imports nothing but the standard library: gunicorn's master loads it before gevent patches sockets.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["SETTINGS", "Setting", "defaults", "settings_from_env"]
+__all__ = [
+    "GUNICORN_SETTINGS",
+    "SETTINGS",
+    "Setting",
+    "SettingError",
+    "defaults",
+    "gunicorn_settings",
+    "load_dotenv_file",
+    "settings_from_env",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
+
+CITATION_MODES = ("default", "markdown", "clean")
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_IMPERSONATE_WORDS = ("auto", "off", "false", "0", "none", "no")
+# Settings older releases read that are gone: say so once instead of ignoring them silently.
+_RETIRED = {"PERPLEXITY_HTTP_ADAPTER": "the requests engine is urllib3 alone now"}
+
+
+class SettingError(ValueError):
+    """A setting that cannot be used; the message is one line naming the variable."""
 
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One environment variable: its Flask config key is the same name."""
+    """One environment variable (its Flask config key is the same name) and what values it accepts."""
 
     name: str
     default: Any
     kind: type
     help: str
     secret: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    check: Callable[[Any], str | None] | None = None  # returns why a value is refused, or None
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not acceptable, or None."""
+        if value is None:
+            return None if self.default is None else "must be set"
+        if self.kind in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"must be a number, not {self._shown(value)}"
+        if self.kind is str and not isinstance(value, str):
+            return f"must be text, not {self._shown(value)}"
+        if self.kind is bool and not isinstance(value, bool):
+            return f"must be true or false, not {self._shown(value)}"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, not {self._shown(value)}"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum:g}, not {value:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum:g}, not {value:g}"
+        return self.check(value) if self.check is not None else None
+
+    def _shown(self, value: Any) -> str:
+        return "<hidden>" if self.secret else repr(value)
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    return None if parts.scheme in ("http", "https") and parts.hostname else f"must be an http(s) URL, not {value!r}"
+
+
+def _store_uri(*schemes: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if value.startswith(schemes):
+            return None
+        return f"must start with one of {', '.join(schemes)}"  # never echo it: it may carry a password
+
+    return check
+
+
+def _impersonation(value: str) -> str | None:
+    word = value.strip().lower()
+    if word in _IMPERSONATE_WORDS or word == "":
+        return None
+    try:
+        from curl_cffi.requests.impersonate import BrowserType
+    except ImportError:
+        return f"needs the curl_cffi package to impersonate {value!r}"
+    # curl_cffi also takes the bare family names, which it resolves to its newest fingerprint.
+    known = {b.value for b in BrowserType} | {"chrome", "safari", "safari_ios", "firefox", "edge", "chrome_android"}
+    if word in known:
+        return None
+    return f"must be auto, off or a curl_cffi browser such as chrome, safari or firefox, not {value!r}"
+
+
+def _log_level(value: str) -> str | None:
+    return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}, not {value!r}"
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("PERPLEXITY_SESSION_TOKEN", None, str, "Value of the __Secure-next-auth.session-token cookie", True),
     Setting("PERPLEXITY_TOKEN_FILE", None, str, "File that keeps the rotated session cookie across restarts"),
-    Setting("PERPLEXITY_BASE_URL", "https://www.perplexity.ai", str, "Perplexity web app URL (a fake for tests)"),
-    Setting("PERPLEXITY_IMPERSONATE", "auto", str, "curl_cffi browser to impersonate: auto, off, chrome, ..."),
-    Setting("PERPLEXITY_CONNECT_TIMEOUT", 10.0, float, "Seconds to connect to Perplexity"),
-    Setting("PERPLEXITY_READ_TIMEOUT", 60.0, float, "Longest silence (seconds) accepted from Perplexity mid-answer"),
-    Setting("PERPLEXITY_POOL_SIZE", 256, int, "Upstream connections kept per worker"),
-    Setting("PERPLEXITY_HTTP_ADAPTER", "lean", str, "Engine under requests (not curl_cffi): lean or urllib3"),
-    Setting("PERPLEXITY_MAX_RETRIES", 2, int, "Retries of connect errors, 429 and 5xx before the answer starts"),
+    Setting(
+        "PERPLEXITY_BASE_URL", "https://www.perplexity.ai", str, "Perplexity web app URL (a fake for tests)",
+        check=_http_url,
+    ),
+    Setting(
+        "PERPLEXITY_IMPERSONATE", "auto", str, "curl_cffi browser to impersonate: auto, off, chrome, ...",
+        check=_impersonation,
+    ),
+    Setting("PERPLEXITY_CA_BUNDLE", None, str, "CA bundle (PEM) to trust for Perplexity instead of certifi's"),
+    Setting("PERPLEXITY_CONNECT_TIMEOUT", 10.0, float, "Seconds to connect to Perplexity", minimum=0.1),
+    Setting(
+        "PERPLEXITY_READ_TIMEOUT", 60.0, float, "Longest silence (seconds) accepted from Perplexity mid-answer",
+        minimum=1,
+    ),
+    Setting("PERPLEXITY_POOL_SIZE", 256, int, "Upstream connections kept per worker", minimum=1, maximum=100_000),
+    Setting(
+        "PERPLEXITY_MAX_RETRIES", 2, int, "Retries of connect errors, 429 and 5xx before the answer starts",
+        minimum=0, maximum=10,
+    ),
     Setting("PERPLEXITY_INCOGNITO", True, bool, "Keep asks out of the account's library"),
     Setting("OPENAI_API_KEY", None, str, "Key clients must send as Bearer token (one key)", True),
     Setting("API_KEYS", None, str, "Comma-separated keys clients may send (several callers)", True),
     Setting("DEFAULT_MODEL", "perplexity-auto", str, "Model used when a request names none"),
-    Setting("DEFAULT_CITATION_MODE", "default", str, "default keeps [n], markdown links them, clean drops them"),
-    Setting("CONVERSATION_TIMEOUT", 3600, int, "Seconds a conversation's thread is remembered after its last turn"),
-    Setting("CONVERSATION_STORE_URI", "memory://", str, "Conversations: memory:// or a redis:// URL (shared)"),
-    Setting("HEARTBEAT_INTERVAL", 10.0, float, "Seconds of upstream silence before a ': ping' comment is sent"),
-    Setting("MAX_REQUEST_BYTES", 25 * 1024 * 1024, int, "Largest request body accepted (attachments included)"),
+    Setting(
+        "DEFAULT_CITATION_MODE", "default", str, "default keeps [n], markdown links them, clean drops them",
+        choices=CITATION_MODES,
+    ),
+    Setting(
+        "CONVERSATION_TIMEOUT", 3600, int, "Seconds a conversation's thread is remembered after its last turn",
+        minimum=1,
+    ),
+    Setting(
+        "CONVERSATION_STORE_URI", "memory://", str, "Conversations: memory:// or a redis:// URL (shared)",
+        check=_store_uri("memory://", "redis://", "rediss://", "unix://"),
+    ),
+    Setting(
+        "HEARTBEAT_INTERVAL", 10.0, float, "Seconds of upstream silence before a ': ping' comment is sent",
+        minimum=0.05, maximum=300,
+    ),
+    Setting(
+        "MAX_REQUEST_BYTES", 25 * 1024 * 1024, int, "Largest request body accepted (attachments included)",
+        minimum=1024,
+    ),
     Setting("ENABLE_RATE_LIMITING", False, bool, "Enforce REQUESTS_PER_MINUTE per caller"),
-    Setting("REQUESTS_PER_MINUTE", 60, int, "Requests per minute per caller when rate limiting is on"),
-    Setting("RATELIMIT_STORAGE_URI", "memory://", str, "Quota counters: memory:// or a redis:// URL (shared)"),
-    Setting("MAX_CONCURRENT_STREAMS", 0, int, "Open streams one caller may hold at once (0: no cap)"),
-    Setting("TRUST_PROXY", 0, int, "Proxies in front whose X-Forwarded-For is trusted (0: none)"),
-    Setting("MODELS_REFRESH_SECONDS", 3600, int, "Seconds the model catalogue is cached before a refresh"),
-    Setting("SESSION_CHECK_SECONDS", 300, int, "Seconds the readiness probe caches the session check"),
-    Setting("LOG_LEVEL", "INFO", str, "Python log level"),
+    Setting("REQUESTS_PER_MINUTE", 60, int, "Requests per minute per caller when rate limiting is on", minimum=1),
+    Setting(
+        "RATELIMIT_STORAGE_URI", "memory://", str, "Quota counters: memory:// or a redis:// URL (shared)",
+        check=_store_uri("memory://", "redis://", "rediss://", "redis+", "unix://", "memcached://", "mongodb"),
+    ),
+    Setting("MAX_CONCURRENT_STREAMS", 0, int, "Open streams one caller may hold at once (0: no cap)", minimum=0),
+    Setting("TRUST_PROXY", 0, int, "Proxies in front whose X-Forwarded-For is trusted (0: none)", minimum=0),
+    Setting("MODELS_REFRESH_SECONDS", 3600, int, "Seconds the model catalogue is cached before a refresh", minimum=1),
+    Setting(
+        "SESSION_CHECK_SECONDS", 300, int, "Seconds the readiness probe caches the session check", minimum=0
+    ),
+    Setting("LOG_LEVEL", "INFO", str, "Python log level", check=_log_level),
+)  # fmt: skip
+
+# Read by gunicorn.conf.py in the master; not Flask config.
+GUNICORN_SETTINGS: tuple[Setting, ...] = (
+    Setting("PORT", 8000, int, "Port gunicorn binds", minimum=1, maximum=65535),
+    Setting("WEB_CONCURRENCY", 1, int, "gunicorn workers", minimum=1, maximum=256),
+    Setting("WORKER_CONNECTIONS", 10000, int, "Connections (open streams) per worker", minimum=1),
+    Setting("GUNICORN_TIMEOUT", 60, int, "Worker heartbeat timeout (seconds)", minimum=1),
+    Setting("GRACEFUL_TIMEOUT", 120, int, "Seconds in-flight streams get to finish on shutdown", minimum=0),
+    Setting("KEEPALIVE", 75, int, "Seconds a kept-alive client connection may idle", minimum=0, maximum=3600),
+    Setting("FORWARDED_ALLOW_IPS", "127.0.0.1", str, "Addresses whose X-Forwarded-* headers gunicorn trusts"),
+    Setting("ACCESS_LOG", True, bool, "One access line per request on stdout"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -57,31 +188,61 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def defaults() -> dict[str, Any]:
-    """Every setting at its default."""
+    """Every app setting at its default."""
     return {s.name: s.default for s in SETTINGS}
 
 
+def load_dotenv_file() -> None:
+    """Load `.env` from the working directory (what the README promises); the environment wins over it."""
+    from dotenv import find_dotenv, load_dotenv
+
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+
+
 def _parse(setting: Setting, raw: str) -> Any:
+    text = raw.strip()
     if setting.kind is bool:
-        lowered = raw.strip().lower()
-        if lowered in _TRUE | _FALSE:
-            return lowered in _TRUE
-        raise ValueError(f"{setting.name} must be true or false, not {raw!r}")
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise SettingError(f"{setting.name} must be true or false, not {setting._shown(raw)}")
     if setting.kind in (int, float):
-        return setting.kind(raw.strip())
-    return raw.strip() or None
+        try:
+            return setting.kind(text)
+        except ValueError:
+            kind = "a whole number" if setting.kind is int else "a number"
+            raise SettingError(f"{setting.name} must be {kind}, not {setting._shown(raw)}") from None
+    return text or None
+
+
+def _read(settings: Iterable[Setting], environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in settings:
+        raw = environ.get(setting.name)
+        if raw is not None:
+            values[setting.name] = _parse(setting, raw)
+    return values
 
 
 def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Read each declared setting from `environ`; a bad value keeps the default and logs why."""
-    values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        raw = environ.get(setting.name)
-        if raw is None:
-            continue
-        try:
-            values[setting.name] = _parse(setting, raw)
-        except ValueError:
-            shown = "<hidden>" if setting.secret else repr(raw)
-            log.warning("ignoring %s=%s: expected %s", setting.name, shown, setting.kind.__name__)
+    """The app settings `environ` sets, parsed; SettingError for a value of the wrong type."""
+    for name, why in _RETIRED.items():
+        if name in environ:
+            log.warning("%s is no longer read (%s)", name, why)
+    return _read(SETTINGS, environ)
+
+
+def validate(values: Mapping[str, Any], settings: Iterable[Setting] = SETTINGS) -> None:
+    """SettingError naming the first setting whose value cannot be used."""
+    for setting in settings:
+        why = setting.problem(values.get(setting.name, setting.default))
+        if why is not None:
+            raise SettingError(f"{setting.name} {why}")
+
+
+def gunicorn_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """gunicorn's settings from `environ`, with defaults, checked."""
+    values = {s.name: s.default for s in GUNICORN_SETTINGS} | _read(GUNICORN_SETTINGS, environ)
+    validate(values, GUNICORN_SETTINGS)
     return values

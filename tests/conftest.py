@@ -125,6 +125,8 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory, fake_server: F
         base = {
             "PERPLEXITY_SESSION_TOKEN": TOKEN,
             "PERPLEXITY_BASE_URL": fake_server.url,
+            # The production engine (curl_cffi impersonating Chrome), not the plain requests fallback.
+            "PERPLEXITY_IMPERSONATE": "chrome",
             "PERPLEXITY_READ_TIMEOUT": "3",
             "PERPLEXITY_CONNECT_TIMEOUT": "2",
             "HEARTBEAT_INTERVAL": "0.5",
@@ -142,3 +144,23 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory, fake_server: F
 def live_server(live_server_factory):
     """The default server: open access, fake upstream."""
     return live_server_factory()
+
+
+@pytest.fixture
+def app(fake: FakePerplexity):
+    """The app on `create_app(test_config)` against the fake (flaskr style), on the curl engine as in production."""
+    from app import create_app
+
+    application = create_app(
+        {
+            "TESTING": True,
+            "PERPLEXITY_SESSION_TOKEN": TOKEN,
+            "PERPLEXITY_BASE_URL": fake.url,
+            "PERPLEXITY_IMPERSONATE": "chrome",
+            "PERPLEXITY_READ_TIMEOUT": 3.0,
+            "PERPLEXITY_CONNECT_TIMEOUT": 2.0,
+            "HEARTBEAT_INTERVAL": 0.5,
+        }
+    )
+    yield application
+    application.extensions["perplexity"].close()
