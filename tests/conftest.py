@@ -107,6 +107,10 @@ class LiveServer:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
+        self.wait_stopped()
+
+    def wait_stopped(self) -> None:
+        if self.process.poll() is None:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -136,8 +140,12 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory, fake_server: F
         return server
 
     yield start
+    # SIGTERM to all first, then wait: each waits up to GRACEFUL_TIMEOUT, so one at a time adds up.
     for server in servers:
-        server.stop()
+        if server.process.poll() is None:
+            server.process.terminate()
+    for server in servers:
+        server.wait_stopped()
 
 
 @pytest.fixture(scope="session")

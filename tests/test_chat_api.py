@@ -21,6 +21,17 @@ def sdk(live_server):
         yield client
 
 
+@pytest.fixture(scope="module")
+def no_retry_server(live_server_factory):
+    return live_server_factory(PERPLEXITY_MAX_RETRIES="0", PERPLEXITY_READ_TIMEOUT="1")
+
+
+@pytest.fixture
+def no_retry_sdk(no_retry_server):
+    with openai.OpenAI(base_url=no_retry_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
+        yield client
+
+
 def raw_events(server, body, headers=None):
     """POST and decode the SSE body with the project's own decoder; returns (response, data payloads)."""
     with requests.post(server.url + "/v1/chat/completions", json=body, headers=headers, stream=True, timeout=20) as r:
@@ -172,13 +183,14 @@ def test_bad_input_is_400_with_the_param(sdk, extra, param):
         (Fault("cloudflare", times=9), openai.InternalServerError, 502, "perplexity_blocked"),
         (Fault("auth", times=9), openai.InternalServerError, 503, "perplexity_auth_failed"),
         (Fault("server_error", status=500, times=9), openai.InternalServerError, 502, "upstream_error"),
-        (Fault("slow_first_byte", delay=5, times=9), openai.InternalServerError, 504, "upstream_timeout"),
+        (Fault("slow_first_byte", delay=3, times=9), openai.InternalServerError, 504, "upstream_timeout"),
     ],
 )
-def test_upstream_failures_map_to_sdk_exceptions(fake, sdk, fault, exception, status, code):
+def test_upstream_failures_map_to_sdk_exceptions(fake, no_retry_sdk, fault, exception, status, code):
+    """The mapping, not the retries (test_client covers those): no upstream retry, a 1 s read timeout."""
     fake.enqueue(fault)
     with pytest.raises(exception) as info:
-        sdk.chat.completions.create(model="perplexity-auto", messages=USER)
+        no_retry_sdk.chat.completions.create(model="perplexity-auto", messages=USER)
     assert info.value.status_code == status and info.value.code == code
     headers = info.value.response.headers
     if status == 429:
@@ -348,10 +360,9 @@ def test_callers_never_continue_each_others_threads(fake, live_server_factory):
         assert [x.json["params"]["query_source"] for x in fake.asks] == ["home", "home", "home"]
         listed = requests.get(server.url + "/conversations", headers={"Authorization": "Bearer key-b"}, timeout=5)
         assert first.headers["x-conversation-id"] not in listed.text
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
-                model="perplexity-auto", messages=USER
-            )
+        wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+        with wrong, pytest.raises(openai.AuthenticationError):
+            wrong.chat.completions.create(model="perplexity-auto", messages=USER)
     assert "key-a" not in server.log() and "key-b" not in server.log()
 
 
