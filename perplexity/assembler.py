@@ -1,10 +1,10 @@
 """Turn decoded Perplexity frames, in any of the three answer formats, into one append-only event stream.
 
 Perplexity sends the answer as a cumulative `text` step list, as `markdown_block` chunks placed by
-index, or as JSON Patch `diff_block`s (also inside `workflow_root`), sometimes mixed in one stream
-(protocol doc sections 3.4-3.6). The assembler keeps one document per `(intended_usage, field)`,
-recomputes the best answer candidate after every frame and hands out only the text that extends
-what was already handed out, so a consumer never has to take text back.
+index, or as JSON Patch `diff_block`s (also inside `workflow_root`), sometimes mixed in one stream. The
+assembler keeps one document per `(intended_usage, field)`, recomputes the best answer candidate after every
+frame and hands out only the text that extends what was already handed out, so a consumer never has to take
+text back.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ class AnswerAssembler:
 
     def _apply_snapshot(self, usage: str, field: str, value: dict[str, Any]) -> None:
         if field == "markdown_block":
-            # Chunks are placed by index: chunks[:offset] + new; offset 0 repaints (protocol doc 3.5).
+            # Chunks are placed by index: chunks[:offset] + new; offset 0 repaints.
             old = self._docs.get((usage, field)) or {}
             kept = old.get("chunks") if isinstance(old.get("chunks"), list) else []
             chunks = value.get("chunks")

@@ -8,7 +8,7 @@ from typing import Any
 
 from .types import ClarifyingQuestion, ClarifyingQuestions, MediaItem, Source
 
-try:  # orjson is 3-5x faster on the multi-KB frames; the stdlib is the fallback.
+try:  # orjson is much faster on the multi-KB frames; the stdlib is the fallback.
     import orjson
 
     loads = orjson.loads
@@ -108,7 +108,7 @@ def decode_text(text: Any) -> list[dict[str, Any]] | dict[str, Any] | str | None
     try:
         value = loads(text)
     except JSONDecodeError:
-        return text  # since 2026-02 `text` is sometimes the answer itself (protocol doc 3.4)
+        return text  # since 2026-02 `text` is sometimes the answer itself
     if isinstance(value, list):
         return [s for s in value if isinstance(s, dict)]
     if isinstance(value, dict | str):

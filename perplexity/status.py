@@ -19,7 +19,7 @@ from .errors import (
 
 __all__ = ["error_for_status", "is_cloudflare", "parse_retry_after"]
 
-# Markers of a Cloudflare challenge page (protocol doc 3.8, from HC's resilience.py and NR #10).
+# Markers of a Cloudflare challenge page.
 _CLOUDFLARE_MARKERS = (
     "just a moment",
     "cf-mitigated",

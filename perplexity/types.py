@@ -62,7 +62,7 @@ class AskOptions:
     attachments: tuple[str, ...] = ()
     # The thread to continue; None starts a new thread.
     follow_up: ThreadIds | None = None
-    # Model Council needs three models or the run never finishes (protocol doc 2.1).
+    # Model Council needs three models or the run never finishes.
     compare_models: tuple[str, ...] = ()
     mode: str | None = None
 

@@ -19,7 +19,7 @@ __all__ = [
     "validate_upload",
 ]
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # HC's per-file limit (protocol doc 2.4)
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # the web app's per-file limit
 
 # What the web app accepts as attachments: images, documents, text-like files.
 _ALLOWED_PREFIXES = ("image/", "text/")

@@ -6,18 +6,10 @@ Each body is built by the server's own code (`api.core.completion`, `api.chat.ch
 finds nothing (required keys, null where allowed, tags, enums), and the dump fits the OpenAI spec schema where there
 is one.
 
-Dump cost (not asserted; CPython 3.11.7, min of 7 `timeit` runs on a 2-core box; `api.core.completion.chunk` builds
-a content chunk's dict in ~0.45 µs and orjson encodes it in 0.2-0.9 µs):
-
-    content chunk, no sources          dump with a reused schema ~18 µs    `ChatCompletionChunkSchema().dump` ~180 µs
-    content chunk, 8 search_results    dump with a reused schema ~57 µs    `ChatCompletionChunkSchema().dump` ~250 µs
-    whole completion (2 sources, ...)  dump with a reused schema ~66 µs    `ChatCompletionSchema().dump`      ~400 µs
-
-A new schema instance costs ~63 µs to build plus ~100 µs to build its nested schemas on first dump; `validate()`
-of a chunk costs 35-150 µs. Once sources are known every chunk repeats `citations` and `search_results`, so even a
-reused schema's dump (18-57 µs) uses up or triples the ~20 µs per-chunk CPU budget alone: the streaming path keeps
-the hand-built dicts and these schemas are the checked description of them (as this file checks). Non-streamed bodies
-(one dump per request) can afford a dump, preferably with a module-level schema instance.
+Why the hot path does not dump through the schemas: a marshmallow dump of a chunk costs more CPU than the whole
+rest of the chunk's work, and once sources are known every chunk repeats `citations` and `search_results`. So the
+streaming path keeps the hand-built dicts and these schemas are the checked description of them (as this file
+checks); non-streamed bodies (one dump per request) can afford a dump, with a module-level schema instance.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def _model(upstream: str, label: str, provider: str, *, reasoning: bool = False,
     return ModelInfo(upstream, label, provider, "search", "pro", reasoning, variant)
 
 
-# Used until (or when) the account's catalogue cannot be loaded; ids as of 2026-09 (protocol doc 4).
+# Used until (or when) the account's catalogue cannot be loaded; the web app's model ids as of 2026-09.
 BUILTIN_CATALOGUE = Catalogue(
     models=(
         _model("pplx_pro", "Best", "PERPLEXITY"),

@@ -26,7 +26,7 @@ def _caller_key() -> str:
 
 def _storage_options(uri: str) -> dict[str, Any]:
     if uri.startswith(("redis://", "rediss://", "redis+")):
-        # A hung Redis must cost at most a fraction of a second per request (perf doc section 6).
+        # A hung Redis must cost at most a fraction of a second per request (limits then fall back to memory).
         return {"socket_connect_timeout": 0.25, "socket_timeout": 0.25, "health_check_interval": 30}
     return {}
 

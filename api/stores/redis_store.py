@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A client with short timeouts: a hung Redis must not hang requests (perf doc section 6)."""
+    """A client with short timeouts: a hung Redis must not hang requests (the stores degrade instead)."""
     return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30)
 
 
