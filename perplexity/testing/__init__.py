@@ -9,7 +9,9 @@
 `Reply` scripts one answer stream (formats "text", "markdown", "diff", "workflow", "plaintext");
 `Fault` scripts one failure (pre-stream statuses, stalls, resets, malformed or failed frames, ...);
 `load_capture_frames` turns a real capture into frames for `Reply(frames=...)`.
-Run `python -m perplexity.testing --port 8765` to serve one by hand.
+`FakePerplexity(tls=True, http2=True)` serves HTTPS with ALPN h2 like perplexity.ai's Cloudflare front
+(trust `fake.ca_path`); that mode needs the test requirements (trustme, h2), plain HTTP needs nothing.
+Run `python -m perplexity.testing --port 8765` (add `--tls --http2`) to serve one by hand.
 """
 
 from __future__ import annotations

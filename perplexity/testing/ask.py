@@ -9,7 +9,7 @@ from .content import default_title
 from .envelope import AskContext
 from .faults import fault_response
 from .generate import build_frames
-from .handler import ASK_PATH, FakeHandler, route
+from .handler import ASK_PATH, RouteHandler, route
 from .script import PRE_STREAM_FAULTS, Fault, RecordedRequest, Reply, ThreadRecord
 from .stream import final_frame, stream_frames
 
@@ -19,7 +19,7 @@ _REQUIRED_PARAMS = ("version", "model_preference", "frontend_uuid")
 
 
 @route("POST", ASK_PATH)
-def ask(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def ask(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """Answer an ask: auth, validation, scripted fault or reply, thread bookkeeping, then the stream."""
     if not h.logged_in():
         return h.not_logged_in()
@@ -56,7 +56,7 @@ def _validate(body: Any) -> dict[str, Any] | None:
     return None
 
 
-def _thread_for(h: FakeHandler, body: dict[str, Any], reply: Reply) -> tuple[ThreadRecord, AskContext] | None:
+def _thread_for(h: RouteHandler, body: dict[str, Any], reply: Reply) -> tuple[ThreadRecord, AskContext] | None:
     """Find (follow-up) or create (first ask) the thread; None when a follow-up names no live thread."""
     params = body["params"]
     backend_uuid = str(uuid.uuid4())
@@ -99,7 +99,7 @@ def _thread_for(h: FakeHandler, body: dict[str, Any], reply: Reply) -> tuple[Thr
 
 
 @route("POST GET", r"/rest/sse/perplexity_ask/reconnect/(?P<entry>[^/]+)")
-def reconnect(h: FakeHandler, req: RecordedRequest, args: dict[str, str]) -> None:
+def reconnect(h: RouteHandler, req: RecordedRequest, args: dict[str, str]) -> None:
     """Reconnect after completion: one COMPLETED frame, then end_of_stream; 403 `{}` if unknown."""
     if not h.logged_in():
         return h.not_logged_in()
@@ -111,7 +111,7 @@ def reconnect(h: FakeHandler, req: RecordedRequest, args: dict[str, str]) -> Non
 
 
 @route("POST", r"/rest/sse/perplexity_terminate")
-def terminate(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def terminate(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """Stop a run: its stream ends with COMPLETED, `text_completed: false` (no token needed)."""
     if not h.logged_in():
         return h.not_logged_in()

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .catalog import models_config, rate_limit_status, session_body, user_settings
-from .handler import COOKIE_NAME, FakeHandler, route
+from .handler import COOKIE_NAME, RouteHandler, route
 from .script import RecordedRequest
 from .uploads import S3_PREFIX, check_s3_post, parse_multipart, presign, presign_answer
 
@@ -18,7 +18,7 @@ _HTML_SHELL = b"<!DOCTYPE html><html><head><title>Perplexity</title></head><body
 
 
 @route("GET", r"/api/auth/session")
-def session(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def session(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """The user when the cookie is valid, else `{}`; HTTP 200 either way (protocol 2.6)."""
     valid = h.logged_in()
     headers = []
@@ -32,7 +32,7 @@ def session(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
 
 
 @route("GET", r"/rest/models/config")
-def models(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def models(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """The public model catalogue; `fake.models_fault` makes every call fail while it is set."""
     fault = h.fake.models_fault
     if fault is not None and h.apply_endpoint_fault(fault):
@@ -41,26 +41,26 @@ def models(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
 
 
 @route("GET", r"/rest/rate-limit/status")
-def rate_limits(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def rate_limits(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """Quota table; a logged-out session looks exhausted, still with HTTP 200 (protocol 2.7)."""
     h.send_json(200, rate_limit_status(h.logged_in()))
 
 
 @route("GET", r"/rest/user/settings")
-def settings(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def settings(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     if not h.logged_in():
         return h.not_logged_in()
     h.send_json(200, user_settings(len(h.fake.asks)))
 
 
 @route("GET", r"/search/new")
-def search_new(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def search_new(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """HC's "init" page load before an ask; the answer is an HTML shell that clients ignore."""
     h.send_bytes(200, _HTML_SHELL, [("Content-Type", "text/html; charset=utf-8")])
 
 
 @route("DELETE", r"/rest/thread/delete_thread_by_entry_uuid")
-def delete_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def delete_thread(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """Delete the thread of `entry_uuid` if `read_write_token` matches; 403 `{}` otherwise."""
     if not h.logged_in():
         return h.not_logged_in()
@@ -73,7 +73,7 @@ def delete_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> No
 
 
 @route("POST", r"/rest/thread/export")
-def export_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def export_thread(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """`{"file_content_64", "filename"}` for a known entry (a seeded `fake.exports` answer wins); 403 `{}` else."""
     if not h.logged_in():
         return h.not_logged_in()
@@ -89,7 +89,7 @@ def export_thread(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> No
 
 
 @route("POST", r"/rest/thread/list_ask_threads")
-def list_threads(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def list_threads(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     if not h.logged_in():
         return h.not_logged_in()
     threads = list(h.fake.threads.values())
@@ -110,7 +110,7 @@ def list_threads(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> Non
     )
 
 
-def _presign_one(h: FakeHandler, spec: Any) -> dict[str, Any] | None:
+def _presign_one(h: RouteHandler, spec: Any) -> dict[str, Any] | None:
     """Presign one file spec `{filename, content_type, ...}`; None if the spec is unusable."""
     if not isinstance(spec, dict) or not spec.get("filename"):
         return None
@@ -120,7 +120,7 @@ def _presign_one(h: FakeHandler, spec: Any) -> dict[str, Any] | None:
 
 
 @route("POST", r"/rest/uploads/batch_create_upload_urls")
-def batch_presign(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def batch_presign(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """`{"files": {id: spec}}` -> `{"results": {id: {s3_bucket_url, s3_object_url, fields}}}`."""
     if not h.logged_in():
         return h.not_logged_in()
@@ -134,7 +134,7 @@ def batch_presign(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> No
 
 
 @route("POST", r"/rest/uploads/create_upload_url")
-def single_presign(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def single_presign(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """The legacy one-file presign call (HL, RS)."""
     if not h.logged_in():
         return h.not_logged_in()
@@ -145,7 +145,7 @@ def single_presign(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> N
 
 
 @route("POST", r"/fake-s3/?")
-def s3_post(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
+def s3_post(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     """A browser-style S3 POST upload: presigned fields, then `file`; 204 on success, no cookie."""
     content_type = req.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
@@ -162,7 +162,7 @@ def s3_post(h: FakeHandler, req: RecordedRequest, _: dict[str, str]) -> None:
 
 
 @route("GET", r"/fake-s3/(?P<key>.+)")
-def s3_get(h: FakeHandler, req: RecordedRequest, args: dict[str, str]) -> None:
+def s3_get(h: RouteHandler, req: RecordedRequest, args: dict[str, str]) -> None:
     """Serve an uploaded object back, so attachment URLs resolve."""
     stored = h.fake.uploads.get(h.fake.url + S3_PREFIX + quote(unquote(args["key"])))
     if stored is None:

@@ -1,4 +1,4 @@
-"""The HTTP request handler of the fake upstream: parsing, recording, routing and endpoint faults."""
+"""The request handlers of the fake upstream: parsing, recording, routing and endpoint faults."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .faults import Canned, cf_ray, fault_response, json_body
 from .script import PRE_STREAM_FAULTS, Fault, RecordedRequest
-from .wire import ChunkedStream, ClientGone, ServerStopping, reset_socket
+from .wire import BodyStream, ChunkedStream, ClientGone, ServerStopping, reset_socket
 
 if TYPE_CHECKING:
     from .server import FakePerplexity
 
-__all__ = ["ASK_PATH", "COOKIE_NAME", "FakeHandler", "route"]
+__all__ = ["ASK_PATH", "COOKIE_NAME", "FakeHandler", "RouteHandler", "route"]
 
 ASK_PATH = "/rest/sse/perplexity_ask"
 COOKIE_NAME = "__Secure-next-auth.session-token"
 
-Route = Callable[["FakeHandler", RecordedRequest, dict[str, str]], None]
+Route = Callable[["RouteHandler", RecordedRequest, dict[str, str]], None]
 _ROUTES: list[tuple[frozenset[str], re.Pattern[str], Route]] = []
 
 
@@ -38,43 +38,29 @@ def route(methods: str, pattern: str) -> Callable[[Route], Route]:
     return register
 
 
-class FakeHandler(BaseHTTPRequestHandler):
-    """One connection; HTTP/1.1 keep-alive, so it may serve several requests in turn."""
+class RouteHandler:
+    """What routes see of one request, whatever the wire (HTTP/1.1 here, HTTP/2 in h2conn.py).
 
-    protocol_version = "HTTP/1.1"
-    server: Any  # the _Server, which carries `.fake`
+    Subclasses set `command`, `path`, `requestline`, `headers` (an http.client-style message: case-insensitive
+    `get` and `get_all`) and `close_connection`, and provide the body reader and the sending primitives:
+    `send_bytes`, `start_stream`, `chunked` and `reset_connection`.
+    """
+
+    http_version = "1.1"
+    command: str
+    path: str
+    requestline: str
+    headers: Any
+    close_connection: bool
 
     @property
     def fake(self) -> FakePerplexity:
-        return self.server.fake
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; without this, Nagle plus the client's delayed
-        # ACK would add ~40 ms to every keep-alive response and hold back small SSE frames.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.fake.track_connection(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.fake.track_connection(self.connection, False)
-
-    def version_string(self) -> str:
-        return "cloudflare"  # every real response comes through Cloudflare
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output clean; the fake records requests in `fake.requests` instead."""
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_DELETE = do_PUT = do_PATCH = do_GET
+        raise NotImplementedError
 
     # ---- request side ---------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def serve_request(self) -> None:
+        """Record the request, then answer it: endpoint fault, canned answer, route or 404."""
         try:
             request = self._read_request()
             self.fake.record(request)
@@ -120,19 +106,11 @@ class FakeHandler(BaseHTTPRequestHandler):
             headers=headers,
             json=_json_or_none(body),
             body=body,
+            http_version=self.http_version,
         )
 
     def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            pieces = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                pieces.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                pass
-            return b"".join(pieces)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raise NotImplementedError
 
     def session_cookie(self) -> str | None:
         """Return the session cookie, joining NextAuth's chunked `.0`, `.1`, ... cookies."""
@@ -156,15 +134,19 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def send_bytes(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         """Send a complete response with Content-Length (none for 204)."""
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("cf-ray", cf_ray(self.requestline))
-        if status != 204:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if status != 204 and body:
-            self.wfile.write(body)
+        raise NotImplementedError
+
+    def start_stream(self, extra_headers: list[tuple[str, str]] | None = None) -> BodyStream:
+        """Send the 200 headers of an SSE response and return its body writer."""
+        raise NotImplementedError
+
+    def chunked(self) -> BodyStream:
+        """A body writer for this response (its headers must be out before it sends)."""
+        raise NotImplementedError
+
+    def reset_connection(self) -> None:
+        """Break the response off the way a crashed upstream or proxy would."""
+        raise NotImplementedError
 
     def send_json(self, status: int, value: Any, headers: list[tuple[str, str]] | None = None) -> None:
         self.send_bytes(status, json_body(value), [("Content-Type", "application/json"), *(headers or [])])
@@ -177,8 +159,86 @@ class FakeHandler(BaseHTTPRequestHandler):
         """Answer like an expired or bad session cookie: 403 with a JSON body."""
         self.send_json(403, {"detail": "Not authenticated: the session has expired or is invalid."})
 
+    def apply_endpoint_fault(self, fault: Fault) -> bool:
+        """Apply a `fault_for()` fault; return True if it answered the request itself."""
+        kind = fault.kind
+        if kind in PRE_STREAM_FAULTS:
+            self.send_canned(fault_response(fault, self.requestline))
+        elif kind in ("slow_first_byte", "stall"):
+            self.chunked().wait(fault.delay)
+            return False
+        elif kind == "reset":
+            self.reset_connection()
+        elif kind in ("eof", "truncated"):
+            # No response at all: HTTP/1.1 closes the connection; HTTP/2 resets the unanswered stream.
+            self.close_connection = True
+        elif kind == "malformed":
+            self.send_bytes(200, b'{"results": {"truncated', [("Content-Type", "application/json")])
+        elif kind == "rate_limited_in_stream":
+            self.send_canned(fault_response(Fault("rate_limit", retry_after=fault.retry_after)))
+        else:
+            self.send_canned(fault_response(Fault("server_error", status=fault.status)))
+        return True
+
+
+class FakeHandler(RouteHandler, BaseHTTPRequestHandler):
+    """One HTTP/1.1 connection (plain or TLS); keep-alive, so it may serve several requests in turn."""
+
+    protocol_version = "HTTP/1.1"
+    server: Any  # the _Server, which carries `.fake`
+
+    @property
+    def fake(self) -> FakePerplexity:
+        return self.server.fake
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without this, Nagle plus the client's delayed
+        # ACK would add ~40 ms to every keep-alive response and hold back small SSE frames.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fake.track_connection(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.fake.track_connection(self.connection, False)
+
+    def version_string(self) -> str:
+        return "cloudflare"  # every real response comes through Cloudflare
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output clean; the fake records requests in `fake.requests` instead."""
+
+    def do_GET(self) -> None:
+        self.serve_request()
+
+    do_POST = do_DELETE = do_PUT = do_PATCH = do_GET
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            pieces = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                pieces.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(pieces)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def send_bytes(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("cf-ray", cf_ray(self.requestline))
+        if status != 204:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if status != 204 and body:
+            self.wfile.write(body)
+
     def start_stream(self, extra_headers: list[tuple[str, str]] | None = None) -> ChunkedStream:
-        """Send the 200 headers of an SSE response and return its chunked body writer."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -200,26 +260,6 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.wfile.close()
         self.rfile.close()
         self.connection.close()
-
-    def apply_endpoint_fault(self, fault: Fault) -> bool:
-        """Apply a `fault_for()` fault; return True if it answered the request itself."""
-        kind = fault.kind
-        if kind in PRE_STREAM_FAULTS:
-            self.send_canned(fault_response(fault, self.requestline))
-        elif kind in ("slow_first_byte", "stall"):
-            self.chunked().wait(fault.delay)
-            return False
-        elif kind == "reset":
-            self.reset_connection()
-        elif kind in ("eof", "truncated"):
-            self.close_connection = True  # close without any response
-        elif kind == "malformed":
-            self.send_bytes(200, b'{"results": {"truncated', [("Content-Type", "application/json")])
-        elif kind == "rate_limited_in_stream":
-            self.send_canned(fault_response(Fault("rate_limit", retry_after=fault.retry_after)))
-        else:
-            self.send_canned(fault_response(Fault("server_error", status=fault.status)))
-        return True
 
 
 def _json_or_none(body: bytes) -> Any | None:

@@ -99,7 +99,7 @@ class Fault:
 
 @dataclass
 class RecordedRequest:
-    """One request as the fake received it; `thread` is the context_uuid an ask went to."""
+    """One request as the fake received it; `thread` is the context_uuid an ask went to, `http_version` "1.1" or "2"."""
 
     method: str
     path: str
@@ -108,6 +108,7 @@ class RecordedRequest:
     json: Any | None
     body: bytes = field(repr=False)
     thread: str | None = None
+    http_version: str = "1.1"
 
 
 @dataclass

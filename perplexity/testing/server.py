@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from . import ask, endpoints  # noqa: F401  (importing them registers their routes)
@@ -20,6 +24,8 @@ from .uploads import Presign
 __all__ = ["FakePerplexity"]
 
 _LOOPBACK = ("127.0.0.1", "localhost")
+# A client that connects and never finishes the TLS handshake does not hold its thread longer than this.
+_HANDSHAKE_SECONDS = 5.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -27,22 +33,88 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], fake: FakePerplexity) -> None:
+    def __init__(self, address: tuple[str, int], fake: FakePerplexity, tls: ssl.SSLContext | None = None) -> None:
         self.fake = fake
+        self.tls = tls
         super().__init__(address, FakeHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; with TLS, wrap the socket now and leave the handshake to the connection's own thread."""
+        sock, address = super().get_request()
+        self.fake.connection_opened()
+        if self.tls is None:
+            return sock, address
+        try:
+            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+        except OSError:
+            sock.close()
+            raise
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection: HTTP/1.1 by FakeHandler, or HTTP/2 when TLS negotiated h2 through ALPN."""
+        if not isinstance(request, ssl.SSLSocket):
+            super().finish_request(request, client_address)
+            return
+        self.fake.track_connection(request, True)
+        try:
+            if not _handshake(request):
+                return
+            if request.selected_alpn_protocol() == "h2":
+                from .h2conn import serve_h2  # h2 is a test-only dependency
+
+                serve_h2(request, self.fake, self.fake.max_concurrent_streams)
+            else:
+                super().finish_request(request, client_address)
+        finally:
+            self.fake.track_connection(request, False)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet: clients that vanish mid-request are an expected part of the tests."""
 
 
-class FakePerplexity:
-    """A fake `https://www.perplexity.ai` on 127.0.0.1 for tests; see the package docstring."""
+def _handshake(sock: ssl.SSLSocket) -> bool:
+    """Run the server side of the TLS handshake; False if the client gave up or refused the certificate."""
+    try:
+        sock.settimeout(_HANDSHAKE_SECONDS)
+        sock.do_handshake()
+        sock.settimeout(None)
+        return True
+    except (ssl.SSLError, OSError, ValueError):
+        return False
 
-    def __init__(self, session_token: str = "test-session-token", host: str = "127.0.0.1", port: int = 0):
+
+class FakePerplexity:
+    """A fake `https://www.perplexity.ai` on 127.0.0.1 for tests; see the package docstring.
+
+    By default plain HTTP/1.1. `tls=True` serves TLS with a certificate for 127.0.0.1 and localhost from a CA
+    made for this instance (`ca_path`: its PEM file, while serving); `http2=True` also offers h2 through ALPN,
+    as Cloudflare does, with `max_concurrent_streams` advertised in SETTINGS. Both need the test requirements
+    (trustme, h2).
+    """
+
+    def __init__(
+        self,
+        session_token: str = "test-session-token",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: bool = False,
+        http2: bool = False,
+        max_concurrent_streams: int = 100,
+    ):
         if host not in _LOOPBACK:
             raise ValueError("the fake upstream binds to loopback only")
+        if http2 and not tls:
+            raise ValueError("http2 needs tls: like perplexity.ai, the fake only speaks h2 negotiated by ALPN")
         self.host = host
         self.port = port
+        self.tls = tls
+        self.http2 = http2
+        self.max_concurrent_streams = max_concurrent_streams
+        # The PEM file of the CA to trust, while serving over TLS (None otherwise).
+        self.ca_path: str | None = None
+        self._ca: Any = None  # trustme.CA, made on the first start
+        self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.RLock()
         self._tokens = [session_token]
         self._server: _Server | None = None
@@ -52,6 +124,8 @@ class FakePerplexity:
         # Bumped by reset(): streams started before it end promptly instead of leaking into the next test.
         self._epoch = 0
         self.open_streams = 0
+        # h2 streams whose writer waits for the client to open its flow-control window (a live gauge).
+        self.flow_blocked_streams = 0
         self._init_state()
 
     def _init_state(self) -> None:
@@ -63,6 +137,9 @@ class FakePerplexity:
         self.errors: list[BaseException] = []
         self.streams_started = 0
         self.streams_closed_by_client = 0
+        # Connections accepted (TLS or not) and HTTP/2 request streams received.
+        self.connections_opened = 0
+        self.h2_streams = 0
         self.threads: dict[str, ThreadRecord] = {}
         self.uploads: dict[str, tuple[str, str, bytes]] = {}
         self.presigns: dict[str, Presign] = {}
@@ -85,7 +162,8 @@ class FakePerplexity:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server((self.host, self.port), self)
+        tls = self._start_tls() if self.tls else None
+        self._server = _Server((self.host, self.port), self, tls)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-perplexity", daemon=True
@@ -104,7 +182,9 @@ class FakePerplexity:
             connections = list(self._connections)
         for conn in connections:
             try:  # wakes handlers blocked reading the next keep-alive request
-                conn.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown even for TLS: SSLSocket.shutdown would drop its TLS state
+                # under the thread still reading it.
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
             except OSError:
                 pass
         server.server_close()
@@ -112,6 +192,27 @@ class FakePerplexity:
             thread.join(timeout=5)
         self.wait_until(lambda: not self._connections, timeout=5)
         self._server = self._thread = None
+        if self.ca_path is not None:
+            shutil.rmtree(Path(self.ca_path).parent, ignore_errors=True)
+            self.ca_path = None
+
+    def _start_tls(self) -> ssl.SSLContext:
+        """The server's TLS context (made once per instance) and a fresh CA file for clients to trust."""
+        if self._tls_context is None:
+            import trustme  # a test-only dependency, needed only for TLS
+
+            self._ca = trustme.CA(organization_name="Fake Perplexity test CA")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+            context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
+            if self.http2:
+                from . import h2conn  # noqa: F401  (fail at start, not at the first h2 connection, without h2)
+            self._tls_context = context
+        ca_file = Path(tempfile.mkdtemp(prefix="fake-perplexity-ca-")) / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(ca_file))
+        self.ca_path = str(ca_file)
+        return self._tls_context
 
     def __enter__(self) -> FakePerplexity:
         return self.start()
@@ -121,8 +222,13 @@ class FakePerplexity:
 
     @property
     def url(self) -> str:
-        """The base URL, e.g. `http://127.0.0.1:PORT` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
+        """The base URL, e.g. `http://127.0.0.1:PORT` or with TLS `https://127.0.0.1:PORT` (no trailing slash)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def stopping(self) -> bool:
+        """True while stop() is under way."""
+        return self._stopping.is_set()
 
     # ---- scripting ------------------------------------------------------------------------------
 
@@ -237,6 +343,18 @@ class FakePerplexity:
                 self._connections.add(conn)
             else:
                 self._connections.discard(conn)
+
+    def connection_opened(self) -> None:
+        with self._lock:
+            self.connections_opened += 1
+
+    def h2_stream_opened(self) -> None:
+        with self._lock:
+            self.h2_streams += 1
+
+    def flow_blocked(self, blocked: bool) -> None:
+        with self._lock:
+            self.flow_blocked_streams += 1 if blocked else -1
 
     def stream_opened(self) -> None:
         with self._lock:

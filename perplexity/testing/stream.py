@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .envelope import AskContext, failed_frame
-from .handler import FakeHandler
+from .handler import RouteHandler
 from .script import Fault, Reply
-from .wire import END_OF_STREAM, ChunkedStream, ClientGone, ServerStopping, encode_event
+from .wire import END_OF_STREAM, BodyStream, ClientGone, ServerStopping, encode_event
 
 __all__ = ["final_frame", "stream_frames"]
 
@@ -24,7 +24,7 @@ def final_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def stream_frames(
-    h: FakeHandler,
+    h: RouteHandler,
     frames: list[dict[str, Any]],
     *,
     reply: Reply | None = None,
@@ -40,7 +40,7 @@ class _StreamWriter:
     has read a whole stream never sees it still counted; an abandoned stream drops when noticed."""
 
     def __init__(
-        self, h: FakeHandler, frames: list[dict[str, Any]], reply: Reply, fault: Fault | None, ctx: AskContext | None
+        self, h: RouteHandler, frames: list[dict[str, Any]], reply: Reply, fault: Fault | None, ctx: AskContext | None
     ) -> None:
         self.h, self.frames, self.reply, self.fault, self.ctx = h, frames, reply, fault, ctx
         self.after = fault.after_frames if fault else len(frames) + 1
@@ -84,7 +84,7 @@ class _StreamWriter:
             return False
         return True
 
-    def _write(self, stream: ChunkedStream) -> bool:
+    def _write(self, stream: BodyStream) -> bool:
         """Write frames and fault; return True if the body should be ended with the zero chunk."""
         stream.wait(self.reply.first_byte_delay, self.reply.heartbeat_every)
         at = max(self.after, 0)
@@ -103,7 +103,7 @@ class _StreamWriter:
             return ended
         return True
 
-    def _inject(self, stream: ChunkedStream) -> bool | None:
+    def _inject(self, stream: BodyStream) -> bool | None:
         """Apply an in-stream fault: None to carry on, True to end the body, False if it is gone."""
         fault, self.pending = self.pending, None
         if fault is None:
@@ -132,7 +132,7 @@ class _StreamWriter:
             return {"status": "FAILED", "error_code": code, "text": message}
         return failed_frame(self.ctx, code=code, message=message)
 
-    def _send_terminated(self, stream: ChunkedStream) -> bool:
+    def _send_terminated(self, stream: BodyStream) -> bool:
         """A terminated run reports COMPLETED with `text_completed: false` (protocol 2.3)."""
         self._release()
         final = final_frame(self.frames)
