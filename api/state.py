@@ -79,6 +79,7 @@ class ServerState:
             base_url=c["PERPLEXITY_BASE_URL"],
             impersonate=c["PERPLEXITY_IMPERSONATE"],
             pool_size=int(c["PERPLEXITY_POOL_SIZE"]),
+            ca_bundle=c.get("PERPLEXITY_CA_BUNDLE"),
             connect_timeout=float(c["PERPLEXITY_CONNECT_TIMEOUT"]),
             read_timeout=float(c["PERPLEXITY_READ_TIMEOUT"]),
             max_retries=int(c["PERPLEXITY_MAX_RETRIES"]),

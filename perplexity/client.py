@@ -62,7 +62,7 @@ class PerplexityClient:
         transport: Transport | None = None,
         impersonate: str | None = "auto",
         pool_size: int = 64,
-        http_adapter: str = "lean",
+        ca_bundle: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         max_retries: int = 2,
@@ -79,7 +79,7 @@ class PerplexityClient:
                 base_url=self.base_url,
                 impersonate=resolve_impersonation(impersonate, self.base_url),
                 pool_size=pool_size,
-                http_adapter=http_adapter,
+                ca_bundle=ca_bundle,
             )
         self.transport = transport
         self.timeout = (connect_timeout, read_timeout)

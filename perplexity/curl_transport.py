@@ -1,15 +1,19 @@
-"""The curl_cffi transport: a browser TLS fingerprint, with blocking libcurl calls kept off the gevent hub."""
+"""The curl_cffi transport: a browser's TLS and HTTP/2 fingerprint; every transfer runs on its hub's shared multi."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+from curl_cffi import Curl, CurlHttpVersion, CurlInfo, CurlOpt, ffi, lib
+from curl_cffi.requests.impersonate import resolve_latest_browser_type
 from requests.structures import CaseInsensitiveDict
 
 from perplexity.errors import (
@@ -19,30 +23,32 @@ from perplexity.errors import (
     UpstreamTimeoutError,
 )
 
+from .curl_hub import CURL_WRITEFUNC_PAUSE, CurlHub, GeventHub, ThreadHub, Transfer, native_thread_id
 from .requests_transport import prepare_request
 from .transport import _host, _read_limited, parse_set_cookies
-
-if TYPE_CHECKING:
-    from curl_cffi import Curl
 
 __all__ = ["CurlResponse", "CurlTransport"]
 
 
 # libcurl ABI constants (curl/curl.h); returning _WRITEFUNC_ERROR from a write callback fails the transfer.
 _WRITEFUNC_ERROR = 0xFFFFFFFF
-_CURLMSG_DONE = 1
 _CURLE_OPERATION_TIMEDOUT = 28
-_CURL_SOCKET_TIMEOUT = -1
-_CSELECT_IN, _CSELECT_OUT = 0x01, 0x02
 # Failures before anything was sent: proxy/host lookup, TCP connect, TLS handshake and certificate checks.
 _CURL_CONNECT_CODES = frozenset({5, 6, 7, 35, 45, 58, 59, 60, 77, 83, 90, 91})
-_MAX_POLL_MS = 1000
+# Body bytes one transfer may hold before its write callback pauses it; the reader unpauses it once drained.
+# Paused, curl stops reading it: over HTTP/1.1 it leaves the socket unread; over HTTP/2 it stops granting the
+# stream flow-control window, so the stream's other data waits in libcurl, at most what is left of the window the
+# impersonated browser advertises, while the other streams of the connection flow on.
+PAUSE_AT = 64 * 1024
+# libcurl's receive buffer (its default, pinned). It does not weigh on open streams: libcurl lends each transfer
+# the multi handle's buffer while it receives (scripts/curl_memory.py shows the same figure from 4 to 64 KiB);
+# smaller only means more write callbacks for a big body.
+BUFFER_SIZE = 16 * 1024
+UPLOAD_BUFFER_SIZE = 16 * 1024  # libcurl's minimum (its default is 64 KiB)
 
 
 def _curl_error(code: int, host: str, *, sent: bool, in_body: bool) -> TransportError:
     """The one place curl result codes become `TransportError`s (`sent`: the request may have left)."""
-    from curl_cffi import ffi, lib
-
     text = ffi.string(lib.curl_easy_strerror(code)).decode("ascii", "replace")
     where = "while reading the response body" if in_body else "before the response"
     if code == _CURLE_OPERATION_TIMEDOUT:
@@ -83,270 +89,147 @@ class _End:
         self.error = error
 
 
-class _Timer:
-    """A libcurl timer as `_HubDriver.call_later` hands it out: `when` is None once cancelled."""
+class _Handle:
+    """A pooled easy handle: curl_cffi's wrapper (for setopt/getinfo) and the raw pointer the multi knows."""
 
-    __slots__ = ("when",)
+    __slots__ = ("curl", "easy")
 
-    def __init__(self, when: float | None) -> None:
-        self.when = when
-
-    def cancel(self) -> None:
-        self.when = None
+    def __init__(self) -> None:
+        self.easy = lib.curl_easy_init()
+        self.curl = Curl(handle=self.easy)
 
 
-class _HubDriver:
-    """Lets a greenlet wait on the gevent hub for what one multi handle waits for: no thread per transfer.
+class _CurlTransfer(Transfer):
+    """One request on a hub: the callbacks queue a `_Head`, body bytes and one `_End` in `items`.
 
-    libcurl's event interface says which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to call
-    back anyway (CURLMOPT_TIMERFUNCTION); `curl_multi_socket_action` then runs the transfer without
-    blocking. curl_cffi compiles both callbacks for its asyncio `AsyncCurl`; they touch only `loop`
-    (`add_reader`, `add_writer`, `remove_reader`, `remove_writer`, `call_later`), `_sockfds`, `_timer`
-    and `process_data` of the object registered with them, so this class offers exactly those, backed
-    by gevent io watchers. A watcher that fires only records readiness, stops (no busy loop while the
-    reader is away writing to its client) and wakes the reader; every libcurl call happens in the
-    reader's greenlet, which also gives natural back-pressure: curl reads the socket only when asked.
+    The reader (`next_item`) waits on the hub for the next item, enforces the read deadline (counted from the
+    last byte received, or from the request going out), and unpauses the stream once it drained what it held.
     """
 
-    def __init__(self, multi: Any, hub: Any) -> None:
-        from curl_cffi import CurlMOpt, ffi, lib
-        from gevent.event import Event
+    __slots__ = (
+        "hub",
+        "items",
+        "body_size",
+        "paused",
+        "aborted",
+        "ended",
+        "_handle",
+        "_transport",
+        "_host",
+        "_read_timeout",
+        "_started",
+        "_connect_deadline",
+        "_last_byte",
+        "_sent_at",
+        "_status",
+        "_lines",
+        "_head_sent",
+        "_reusable",
+        "origin",
+        "pipewait",
+        "http1",
+    )
 
-        try:
-            import curl_cffi.aio  # noqa: F401  (defines the Python side of the compiled callbacks)
-
-            callbacks = lib.socket_function, lib.timer_function
-        except (ImportError, AttributeError) as exc:
-            # A curl_cffi release without AsyncCurl's callbacks: say so instead of failing mid-request.
-            raise ConfigurationError(
-                f"this curl_cffi cannot drive transfers from the gevent hub ({exc}); use curl-cffi==0.17.0"
-            ) from exc
-
+    def __init__(
+        self,
+        handle: _Handle,
+        hub: CurlHub,
+        origin: str,
+        timeout: tuple[float, float],
+        transport: CurlTransport,
+        *,
+        pipewait: bool,
+    ) -> None:
+        super().__init__(handle.easy)
+        self.origin = origin
+        self.pipewait = pipewait
+        self.http1 = False  # the response came over HTTP/1.x
         self.hub = hub
-        self.loop = self  # the compiled callbacks call `self.loop.add_reader(...)` and so on
-        self._sockfds: set[int] = set()
-        self._timer: _Timer | None = None
-        self._io_loop = hub.loop
-        self._watchers: dict[tuple[int, int], Any] = {}  # (fd, CSELECT bit) -> io watcher
-        self.ready: dict[int, int] = {}  # fd -> CSELECT bits seen since the last socket_action
-        self.wakeup = Event()
-        self._handle = ffi.new_handle(self)  # must outlive the multi handle's use of it
-        for option, value in (
-            (CurlMOpt.SOCKETFUNCTION, callbacks[0]),
-            (CurlMOpt.TIMERFUNCTION, callbacks[1]),
-            (CurlMOpt.SOCKETDATA, self._handle),
-            (CurlMOpt.TIMERDATA, self._handle),
-        ):
-            if lib.curl_multi_setopt(multi, option, value) != 0:
-                raise ConfigurationError("this libcurl cannot drive transfers from the gevent hub")
-
-    # -- what the compiled callbacks call --
-
-    def add_reader(self, fd: int, _callback: Any, *_args: Any) -> None:
-        self._watch(fd, _CSELECT_IN)
-
-    def add_writer(self, fd: int, _callback: Any, *_args: Any) -> None:
-        self._watch(fd, _CSELECT_OUT)
-
-    def remove_reader(self, fd: int) -> None:
-        self._unwatch(fd, _CSELECT_IN)
-
-    def remove_writer(self, fd: int) -> None:
-        self._unwatch(fd, _CSELECT_OUT)
-
-    def call_later(self, delay: float, _callback: Any, *_args: Any) -> _Timer:
-        # curl_cffi passes timeout_ms / 1000, so libcurl's "-1: delete the timer" arrives as -0.001.
-        return _Timer(time.monotonic() + delay if delay >= 0 else None)
-
-    def process_data(self, fd: int, bit: int) -> None:
-        """A watched socket is ready (run in the hub): note it, rest the watcher, wake the reader."""
-        self.ready[fd] = self.ready.get(fd, 0) | bit
-        watcher = self._watchers.get((fd, bit))
-        if watcher is not None:
-            watcher.stop()
-        self.wakeup.set()
-
-    # -- reader side --
-
-    def timer_due(self, now: float) -> bool:
-        """Whether libcurl's timer has run out (it is then consumed)."""
-        timer = self._timer
-        if timer is None or timer.when is None or timer.when > now:
-            return False
-        timer.when = None
-        return True
-
-    def timer_left(self, now: float) -> float | None:
-        timer = self._timer
-        return None if timer is None or timer.when is None else timer.when - now
-
-    def rearm(self) -> None:
-        """Watch again the sockets libcurl still wants (a fired watcher rests until the reader caught up)."""
-        for (fd, bit), watcher in self._watchers.items():
-            if not watcher.active:
-                watcher.start(self.process_data, fd, bit)
-
-    def reset(self) -> None:
-        """Stop watching everything (before the multi handle is cleaned up and closes its sockets).
-
-        Between transfers the watchers stay as libcurl left them: it announces a socket once and may keep
-        a pooled connection's socket registered, so only its own CURL_POLL_REMOVE ends a watch.
-        """
-        for watcher in self._watchers.values():
-            watcher.stop()
-            watcher.close()
-        self._watchers.clear()
-        self._sockfds.clear()
-        self.ready.clear()
-        self._timer = None
-
-    def _watch(self, fd: int, bit: int) -> None:
-        key = (fd, bit)
-        if key not in self._watchers:
-            watcher = self._io_loop.io(fd, 1 if bit == _CSELECT_IN else 2)
-            self._watchers[key] = watcher
-            watcher.start(self.process_data, fd, bit)
-
-    def _unwatch(self, fd: int, bit: int) -> None:
-        watcher = self._watchers.pop((fd, bit), None)
-        if watcher is not None:
-            watcher.stop()
-            watcher.close()
-        if fd in self.ready:
-            self.ready[fd] &= ~bit
-
-
-class _Handles:
-    """A pooled easy handle, the multi handle that runs it (and keeps its connection alive between
-    transfers), and, under gevent, the hub driver bound to that multi handle."""
-
-    __slots__ = ("curl", "multi", "driver")
-
-    def __init__(self, curl: Curl, multi: Any, driver: _HubDriver | None) -> None:
-        self.curl = curl
-        self.multi = multi
-        self.driver = driver
-
-
-class _CurlTransfer:
-    """One transfer of a pooled `_Handles`, advanced by its reader only: curl reads when the reader asks.
-
-    `advance(wait)` runs libcurl on whatever is ready and, if that produced nothing, waits up to `wait`
-    seconds: without gevent in `curl_multi_poll`; under gevent on the hub (`_HubDriver`), so other
-    greenlets run meanwhile. The curl callbacks append a `_Head`, body bytes and finally one `_End` to
-    `items`. The read deadline is enforced here, counted from the last byte received.
-    """
-
-    def __init__(self, handles: _Handles, host: str, timeout: tuple[float, float]) -> None:
-        from curl_cffi import CurlInfo, CurlOpt, ffi, lib
-
         self.items: deque[_Head | bytes | _End] = deque()
+        self.body_size = 0
+        self.paused = False
+        self.aborted = False
         self.ended = False
-        self._handles: _Handles | None = handles
-        self._curl: Curl | None = handles.curl
-        self._multi = handles.multi
-        self._driver = handles.driver
-        self._reusable = False
-        self._host = host
+        self._handle: _Handle | None = handle
+        self._transport = transport
+        self._host = origin.partition("://")[2]
         self._read_timeout = timeout[1]
-        self._deadline = time.monotonic() + timeout[0] + timeout[1]
+        self._started = time.monotonic()
+        self._connect_deadline = self._started + timeout[0] + timeout[1]
+        self._last_byte: float | None = None
+        self._sent_at: float | None = None
         self._status = 0
         self._lines: list[bytes] = []
         self._head_sent = False
-        self._sent = False
-        self.aborted = False
-        # Looked up once: advance() runs for every chunk.
-        self._lib, self._ffi, self._request_size_info = lib, ffi, CurlInfo.REQUEST_SIZE
-        self._running = self._ffi.new("int *")
-        self._running[0] = 1
-        curl = handles.curl
-        curl.setopt(CurlOpt.HEADERFUNCTION, self._on_header)
-        curl.setopt(CurlOpt.WRITEFUNCTION, self._on_body)
-        self._lib.curl_multi_add_handle(self._multi, curl._curl)  # under gevent: sets a timer of 0 ms
+        self._reusable = False
+        handle.curl.setopt(CurlOpt.HEADERFUNCTION, self._on_header)
+        handle.curl.setopt(CurlOpt.WRITEFUNCTION, self._on_body)
 
-    def advance(self, wait: float | None) -> None:
-        """Run the transfer on; when nothing new came, wait up to `wait` s (None: the transfer's deadline)."""
-        if self.ended:
-            return
-        if self.aborted:
-            self._end(None)
-            return
-        if self._driver is not None:
-            self._advance_on_hub(wait)
-            return
-        self._lib.curl_multi_perform(self._multi, self._running)
-        if self._check_progress() or self.items:
-            return
-        left = self._time_left(wait)
-        if left > 0:
-            wait_ms = min(_MAX_POLL_MS, int(left * 1000) + 1)
-            self._lib.curl_multi_poll(self._multi, self._ffi.NULL, 0, wait_ms, self._ffi.NULL)
+    # -- the hub's side --
+
+    def ready(self) -> bool:
+        return bool(self.items)
+
+    def finish(self, code: int) -> None:
+        self._end(code)
+
+    def discard(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._transport._release(handle, self._reusable)
+
+    # -- the reader's side --
+
+    def next_item(self, next_tick: Any) -> _Head | bytes | _End:
+        """The next queued item, waiting on the hub as needed; b"" when the caller's tick falls due first."""
+        items = self.items
+        while not items:
+            wait = self._time_left()
+            if wait <= 0:
+                self._time_out()
+                continue
+            if next_tick is not None:
+                tick = next_tick()
+                if tick <= 0:
+                    return b""
+                if tick < wait:
+                    wait = tick
+            self.hub.wait(self, wait)
+        item = items.popleft()
+        if item.__class__ is bytes:
+            self.body_size -= len(item)  # type: ignore[arg-type]
+            if self.paused and not items:
+                # Drained: let curl deliver again what it holds (and read on). The pause was ours, not the
+                # upstream's silence, so the read deadline counts from now.
+                self.paused = False
+                self._last_byte = time.monotonic()
+                self.hub.resume(self)
+        return item
 
     def abort(self) -> None:
-        """Stop the transfer now: its unfinished connection is dropped."""
+        """Stop the transfer now (the response was closed): over HTTP/2 its stream is reset, over HTTP/1.1 its
+        connection closed; callbacks that still come fail the transfer. A reader waiting meanwhile (another
+        greenlet) wakes up to a quiet end."""
         self.aborted = True
+        self.items.clear()
+        self.body_size = 0
         if not self.ended:
-            self._end(None)
+            self.ended = True
+            self._reusable = True  # removed from the multi, the handle is clean (its stream or connection went)
+            self.items.append(_End(None))
+            self.wake()
+        self.hub.retire(self)
 
-    def dispose(self, release: Callable[[_Handles, bool], None]) -> None:
-        """Hand the handles back to the transport (once the transfer has ended)."""
-        if self._handles is not None:
-            handles, self._handles, self._curl = self._handles, None, None
-            release(handles, self._reusable)
-
-    # -- driving --
-
-    def _advance_on_hub(self, wait: float | None) -> None:
-        driver = self._driver
-        assert driver is not None
-        driver.wakeup.clear()  # before running curl: a socket that gets ready later still wakes the wait
-        ready, driver.ready = driver.ready, {}
-        action, multi, running = self._lib.curl_multi_socket_action, self._multi, self._running
-        for fd, bits in ready.items():
-            if bits:
-                action(multi, fd, bits, running)
-        if driver.timer_due(time.monotonic()):
-            action(multi, _CURL_SOCKET_TIMEOUT, 0, running)
-        progressed = self._check_progress() or bool(self.items)
-        driver.rearm()
-        if progressed:
-            return
-        bound = driver.timer_left(time.monotonic())  # libcurl wants to run again by then
-        if wait is not None and (bound is None or wait < bound):
-            bound = wait
-        left = self._time_left(bound)
-        if left > 0:
-            driver.wakeup.wait(left)
-
-    def _check_progress(self) -> bool:
-        """After libcurl ran: note the request going out, and end the transfer if curl is done."""
-        if not self._sent and self._request_sent():
-            # Like requests: the read timer starts once the request is out, not when connecting began.
-            self._sent = True
-            self._deadline = time.monotonic() + self._read_timeout
-        if not self._running[0]:
-            self._end(self._result_code())
-            return True
-        return False
-
-    def _time_left(self, wait: float | None) -> float:
-        """Seconds to wait for curl: `wait` at most, never past the read deadline; 0 once that has passed,
-        and the transfer is then ended as timed out."""
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            self._end(_CURLE_OPERATION_TIMEDOUT, timed_out=True)
-            return 0.0
-        return wait if wait is not None and wait < remaining else remaining
-
-    # -- curl callbacks (inside curl calls made by advance) --
+    # -- curl callbacks (inside libcurl calls: no libcurl call here) --
 
     def _on_header(self, line: bytes) -> int:
         if self.aborted:
             return _WRITEFUNC_ERROR
-        self._deadline = time.monotonic() + self._read_timeout
+        self._last_byte = time.monotonic()
         if line.startswith(b"HTTP/"):
             parts = line.split(None, 2)
             self._status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.http1 = line.startswith(b"HTTP/1")
             self._lines = []
         elif line in (b"\r\n", b"\n"):
             if self._status >= 200 and not self._head_sent:  # a 1xx block is followed by the real one
@@ -359,11 +242,17 @@ class _CurlTransfer:
 
     def _on_body(self, data: bytes) -> int:
         if self.aborted:
-            return _WRITEFUNC_ERROR  # curl fails the transfer with code 23 and closes the connection
+            return _WRITEFUNC_ERROR  # curl fails the transfer (code 23)
+        if self.body_size >= PAUSE_AT:
+            # Refused data is delivered again once the reader unpauses the transfer.
+            self.paused = True
+            return CURL_WRITEFUNC_PAUSE
         if not self._head_sent:
             self._send_head()
         self.items.append(data)
-        self._deadline = time.monotonic() + self._read_timeout
+        self.body_size += len(data)
+        self._last_byte = time.monotonic()
+        self.wake()
         return len(data)
 
     # -- internals --
@@ -371,50 +260,75 @@ class _CurlTransfer:
     def _send_head(self) -> None:
         self._head_sent = True
         self.items.append(_Head(self._status, self._lines))
+        self._lines = []  # parsed into the head: not kept for the life of the stream
+        self.wake()
 
-    def _result_code(self) -> int:
-        pending = self._ffi.new("int *")
-        while True:
-            message = self._lib.curl_multi_info_read(self._multi, pending)
-            if message == self._ffi.NULL:
-                return 0
-            if message.msg == _CURLMSG_DONE:
-                return int(message.data.result)
+    def _time_left(self) -> float:
+        """Seconds until the read deadline: `read` s after the last byte, or after the request went out.
+
+        Before the request is out the wait is cut to `read` s, to look again (curl's own connect timeout covers
+        connecting); the request-out time is what curl measured, so a late look does not stretch the deadline.
+        """
+        now = time.monotonic()
+        if self._last_byte is not None:
+            return self._last_byte + self._read_timeout - now
+        if self._sent_at is None:
+            if not self._request_sent():
+                return min(self._connect_deadline - now, self._read_timeout)
+            sent_us = int(self._curl().getinfo(CurlInfo.POSTTRANSFER_TIME_T))
+            self._sent_at = min(now, self._started + sent_us / 1e6) if sent_us > 0 else now
+        return self._sent_at + self._read_timeout - now
+
+    def _time_out(self) -> None:
+        self._end(_CURLE_OPERATION_TIMEDOUT, timed_out=True)
+        self.aborted = True
+        self.hub.detach(self)  # if that must wait, retire() defers it when the reader lets go
+
+    def _curl(self) -> Curl:
+        assert self._handle is not None
+        return self._handle.curl
+
+    def without_pipewait(self) -> None:
+        """Stop waiting for a connection to multiplex on (while detached, see `CurlTransport._learn`)."""
+        self.pipewait = False
+        self._curl().setopt(CurlOpt.PIPEWAIT, 0)
+
+    def waiting(self) -> bool:
+        """Nothing sent, nothing received: the transfer can start over."""
+        return not self._head_sent and self._last_byte is None and not self._request_sent()
 
     def _request_sent(self) -> bool:
-        # REQUEST_SIZE counts request bytes written to the socket (the timings are set even on failure).
-        return self._curl is not None and int(self._curl.getinfo(self._request_size_info)) > 0
+        # REQUEST_SIZE counts request bytes written (set even when the transfer failed).
+        return self._handle is not None and int(self._handle.curl.getinfo(CurlInfo.REQUEST_SIZE)) > 0
 
-    def _end(self, code: int | None, *, timed_out: bool = False) -> None:
-        """Detach the easy handle (dropping an unfinished connection) and queue the `_End`."""
+    def _end(self, code: int, *, timed_out: bool = False) -> None:
+        """Queue the `_End` (the handle has left the multi, or is about to)."""
         if self.ended:
             return
         error = None
         if code and not self.aborted:
-            sent = timed_out or self._sent or self._request_sent()
+            sent = timed_out or self._sent_at is not None or self._request_sent()
             error = _curl_error(code, self._host, sent=sent, in_body=self._head_sent)
         elif code == 0 and not self._head_sent:
             error = TransportError(f"{self._host} closed the connection without a response")
-        if self._curl is not None:
-            self._lib.curl_multi_remove_handle(self._multi, self._curl._curl)
-            self._curl.clean_handles_and_buffers()
-            # After a failure start afresh; after our own abort the pair is clean (its connection is gone).
-            self._reusable = code == 0 or self.aborted
+        # After a failure start afresh; after our own abort the handle is clean (its stream or connection went).
+        self._reusable = code == 0 or self.aborted
         self.ended = True
         self.items.append(_End(error))
+        self.wake()
 
 
 class CurlResponse:
-    """A response read from a `_CurlTransfer`, which the reader advances (on the hub under gevent)."""
+    """A response read from a `_CurlTransfer`; its reader waits on the transfer's hub."""
 
-    supports_idle = True  # advance() waits with a timeout and carries on
+    supports_idle = True  # next_item() waits with a timeout and carries on
 
-    def __init__(self, transfer: _CurlTransfer, release: Callable[[_Handles, bool], None]) -> None:
+    def __init__(self, transfer: _CurlTransfer) -> None:
         self._transfer = transfer
-        self._release = release
         self._body: bytes | None = None
         self._end: _End | None = None
         self._closed = False
+        self._retired = False
         self.status_code = 0
         self.headers: Mapping[str, str] = CaseInsensitiveDict()
         self.set_cookies: dict[str, str] = {}
@@ -424,7 +338,7 @@ class CurlResponse:
         """True when more of the body has already arrived (the next chunk will not wait)."""
         return bool(self._transfer.items)
 
-    def iter_bytes(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
+    def iter_bytes(self, next_tick: Any = None) -> Iterator[bytes]:
         """Body chunks as they arrive; with `next_tick`, b"" whenever the caller's tick falls due first."""
         if self._body is not None:
             if self._body:
@@ -446,15 +360,18 @@ class CurlResponse:
         if self._closed:
             return
         self._closed = True
-        transfer = self._transfer
-        transfer.abort()  # a no-op once the transfer has ended
-        transfer.dispose(self._release)
-        transfer.items.clear()
+        if not self._retired:
+            self._retired = True
+            self._transfer.abort()  # just the retirement once the transfer has ended
 
     def __del__(self) -> None:
-        # A response dropped without close() must not keep its connection (or a hub watcher) alive.
-        with contextlib.suppress(Exception):
-            self.close()
+        # Dropped without close(): no libcurl call from garbage collection (it may run inside a libcurl
+        # callback); the hub reaps the transfer at its next safe point.
+        if not self._retired:
+            transfer = self._transfer
+            transfer.aborted = True
+            with contextlib.suppress(Exception):
+                transfer.hub.drop(transfer)
 
     def _wait_head(self) -> None:
         item = self._next(None)
@@ -466,23 +383,15 @@ class CurlResponse:
     def _preload(self) -> None:
         self._body = b"".join(self.iter_bytes())
 
-    def _next(self, next_tick: Callable[[], float] | None) -> _Head | bytes | _End:
-        """The next queued item, advancing the transfer as needed; b"" when the caller's tick is due."""
+    def _next(self, next_tick: Any) -> _Head | bytes | _End:
         if self._end is not None:
             return self._end
-        transfer = self._transfer
-        items = transfer.items
-        while not items:
-            wait = None
-            if next_tick is not None:
-                wait = next_tick()
-                if wait <= 0:
-                    return b""
-            transfer.advance(wait)
-        item = items.popleft()
+        item = self._transfer.next_item(next_tick)
         if isinstance(item, _End):
             self._end = item
-            transfer.dispose(self._release)  # the connection is free for the next request right away
+            if not self._retired:
+                self._retired = True
+                self._transfer.hub.retire(self._transfer)  # the handle is free for the next request right away
         return item
 
 
@@ -507,18 +416,24 @@ def _body_bytes(body: Any) -> bytes | None:
 
 
 class CurlTransport:
-    """curl_cffi with browser impersonation; under gevent its transfers wait on the hub (no thread each)."""
+    """curl_cffi with browser impersonation; transfers share one multi handle per gevent hub (or thread).
 
-    def __init__(self, *, impersonate: str = "chrome", pool_size: int = 64):
-        from curl_cffi import Curl
-        from curl_cffi.requests.impersonate import resolve_latest_browser_type
+    `pool_size` bounds the idle easy handles kept for reuse (connections live in the multi handle, shared).
+    `ca_bundle` is the CA file to trust (default: certifi's, as requests uses).
+    """
+
+    def __init__(self, *, impersonate: str = "chrome", pool_size: int = 64, ca_bundle: str | None = None):
         from requests.certs import where
 
         self.name = f"curl_cffi:{impersonate}"
-        self._cainfo = where().encode()  # the same CA bundle requests uses (certifi)
+        self._cainfo = (ca_bundle or where()).encode()
         self._target = resolve_latest_browser_type(impersonate)
         self._pool_size = pool_size
-        self._idle: list[_Handles] = []
+        self._idle: list[_Handle] = []
+        self._hubs: dict[Any, CurlHub] = {}  # gevent hub or OS thread id -> its multi
+        self._hubs_lock = threading.Lock()
+        # Origins that answered over HTTP/1.x: no waiting there for a connection to multiplex on.
+        self._http1_origins: set[str] = set()
         self._closed = False
         probe = Curl()
         try:
@@ -540,17 +455,24 @@ class CurlTransport:
         stream: bool = False,
         timeout: tuple[float, float],
     ) -> CurlResponse:
+        if self._closed:
+            raise TransportError("the transport is closed")
         prepared = prepare_request(method.upper(), url, headers, params, json, data, files)
-        handles = self._acquire(_gevent_hub())
+        origin = f"{urlsplit(url).scheme}://{_host(url)}"
+        pipewait = origin.startswith("https:") and origin not in self._http1_origins
+        hub = self._hub()
+        handle = self._acquire()
         try:
-            self._configure(handles.curl, prepared, timeout)
-            transfer = _CurlTransfer(handles, _host(url), timeout)
+            self._configure(handle.curl, prepared, timeout, pipewait=pipewait)
+            transfer = _CurlTransfer(handle, hub, origin, timeout, self, pipewait=pipewait)
+            hub.start(transfer)
         except BaseException:
-            self._release(handles, False)
+            self._release(handle, False)
             raise
-        response = CurlResponse(transfer, self._release)
+        response = CurlResponse(transfer)
         try:
             response._wait_head()
+            self._learn(transfer)
             if not stream:
                 response._preload()
         except BaseException:
@@ -561,13 +483,65 @@ class CurlTransport:
         return response
 
     def close(self) -> None:
+        """Close pooled handles and, once their streams are done, the multi handles and their connections."""
         self._closed = True
+        for hub in list(self._hubs.values()):
+            hub.close()
         while self._idle:
-            self._release(self._idle.pop(), False)
+            self._idle.pop().curl.close()
 
-    def _configure(self, curl: Curl, prepared: requests.PreparedRequest, timeout: tuple[float, float]) -> None:
-        from curl_cffi import CurlHttpVersion, CurlOpt
+    # -- internals --
 
+    def _learn(self, transfer: _CurlTransfer) -> None:
+        """Note the origin's HTTP version; on learning it is HTTP/1.x, release the transfers waiting to multiplex.
+
+        A transfer with CURLOPT_PIPEWAIT waits for a connection still negotiating, and libcurl looks at it again
+        only when a transfer ends, so behind a long HTTP/1.1 stream it would wait for the whole stream. Those
+        that sent nothing yet are restarted without PIPEWAIT: each opens its own connection, as a browser does.
+        """
+        origin = transfer.origin
+        if not transfer.http1:
+            self._http1_origins.discard(origin)
+            return
+        if not transfer.pipewait or origin in self._http1_origins:
+            return
+        self._http1_origins.add(origin)
+        hub = transfer.hub
+        for other in list(hub.transfers.values()):
+            if isinstance(other, _CurlTransfer) and other.origin == origin and other.pipewait and other.waiting():
+                hub.restart(other, other.without_pipewait)
+
+    def _hub(self) -> CurlHub:
+        gevent_hub = _gevent_hub()
+        key = gevent_hub if gevent_hub is not None else native_thread_id()
+        hub = self._hubs.get(key)
+        if hub is None or hub.closed:
+            with self._hubs_lock:
+                hub = self._hubs.get(key)
+                if hub is None or hub.closed:
+                    hub = GeventHub(gevent_hub) if gevent_hub is not None else ThreadHub()
+                    self._hubs[key] = hub
+        return hub
+
+    def _acquire(self) -> _Handle:
+        try:
+            return self._idle.pop()  # list.pop is atomic: safe across threads and greenlets
+        except IndexError:
+            return _Handle()
+
+    def _release(self, handle: _Handle, reusable: bool) -> None:
+        """Keep a detached handle for the next request, or free it (never called for an attached handle)."""
+        curl = handle.curl
+        curl.clean_handles_and_buffers()  # our callbacks and the header list
+        if reusable and not self._closed and len(self._idle) < self._pool_size:
+            curl.reset()
+            self._idle.append(handle)
+        else:
+            curl.close()
+
+    def _configure(
+        self, curl: Curl, prepared: requests.PreparedRequest, timeout: tuple[float, float], *, pipewait: bool
+    ) -> None:
         method = (prepared.method or "GET").upper()
         url = prepared.url or ""
         body = _body_bytes(prepared.body)
@@ -586,7 +560,6 @@ class CurlTransport:
             if name.lower() not in ("content-length", "transfer-encoding"):
                 lines.append(f"{name}: {value}".encode("latin-1") if value else f"{name};".encode("latin-1"))
         curl.setopt(CurlOpt.HTTPHEADER, lines)
-        curl.setopt(CurlOpt.UPLOAD_BUFFERSIZE, 16384)
         curl.setopt(CurlOpt.NOSIGNAL, 1)  # no SIGALRM for timeouts: libcurl shares the process with gevent
         curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, max(1, int(timeout[0] * 1000)))
         curl.setopt(CurlOpt.FOLLOWLOCATION, 0)
@@ -596,41 +569,11 @@ class CurlTransport:
         curl.setopt(CurlOpt.ACCEPT_ENCODING, b"gzip, deflate, br, zstd")
         if curl.impersonate(self._target) != 0:
             raise ConfigurationError(f"curl_cffi cannot impersonate {self._target!r}")
+        curl.setopt(CurlOpt.BUFFERSIZE, BUFFER_SIZE)
+        curl.setopt(CurlOpt.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER_SIZE)
         if url.startswith("http:"):
             # Chrome never sends the h2c upgrade headers the impersonation would add on plain http.
             curl.setopt(CurlOpt.HTTP_VERSION, CurlHttpVersion.V1_1)
-
-    def _acquire(self, hub: Any) -> _Handles:
-        """A pooled handle set made for this hub (None: no gevent), or a new one."""
-        from curl_cffi import Curl, lib
-
-        if self._closed:
-            raise TransportError("the transport is closed")
-        while True:
-            try:
-                handles = self._idle.pop()  # list.pop is atomic: safe across threads and greenlets
-            except IndexError:
-                break
-            if (handles.driver.hub if handles.driver is not None else None) is hub:
-                return handles
-            self._release(handles, False)  # made for another hub (or none): its watchers live there
-        curl, multi = Curl(), lib.curl_multi_init()
-        try:
-            return _Handles(curl, multi, _HubDriver(multi, hub) if hub is not None else None)
-        except BaseException:
-            curl.close()
-            lib.curl_multi_cleanup(multi)
-            raise
-
-    def _release(self, handles: _Handles, reusable: bool) -> None:
-        """Keep a handle set (and its live connection) for the next request, or free it."""
-        from curl_cffi import lib
-
-        if reusable and not self._closed and len(self._idle) < self._pool_size:
-            handles.curl.reset()
-            self._idle.append(handles)
-            return
-        if handles.driver is not None:
-            handles.driver.reset()  # no watcher may outlive the sockets the cleanup closes
-        handles.curl.close()
-        lib.curl_multi_cleanup(handles.multi)
+        elif pipewait:
+            # A new transfer waits for the HTTP/2 connection being set up instead of opening its own.
+            curl.setopt(CurlOpt.PIPEWAIT, 1)

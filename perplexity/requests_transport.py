@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.cookiejar
+import queue
 import socket
+import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -14,7 +19,6 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from perplexity.errors import (
-    ConfigurationError,
     TransportError,
     UpstreamConnectError,
     UpstreamTimeoutError,
@@ -22,7 +26,6 @@ from perplexity.errors import (
 )
 
 from .extract import dumps_json
-from .lean_http import LeanBody, LeanHTTPAdapter
 from .transport import _host, _read_limited, parse_set_cookies
 
 __all__ = ["RequestsResponse", "RequestsTransport", "prepare_request"]
@@ -114,8 +117,113 @@ def _map_requests_error(exc: Exception, url: str, *, in_body: bool) -> Transport
     return TransportError(f"connection to {host} failed {where}: {_reason(exc)}")
 
 
+class _Failure:
+    """An exception the body reader hit, handed to the consumer to map and raise."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()  # the body reader reached the end of the body
+_QUEUE_ITEMS = 4  # body chunks the reader may hold ahead of the consumer (each at most _READ_SIZE)
+_PUT_RECHECK = 1.0  # seconds between checks, by a reader held up by a full queue, that its consumer still exists
+
+
+class _BodyReader:
+    """Reads the body beside the consumer into a small bounded queue, so the consumer can wait with a timeout.
+
+    urllib3 cannot time a read out and carry on (a socket timeout mid-read leaves http.client broken), so idle
+    ticks need the read to happen elsewhere: a bare greenlet under gevent, an OS thread otherwise. `stop()` shuts
+    the socket down, which ends a read in progress at once; the reader then closes the response itself (closing
+    the buffered reader under a read in progress is not allowed). A reader whose consumer was dropped without
+    close() notices when its queue is full or its read returns (at the latest after the read timeout) and ends.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], response: requests.Response, owner: Callable[[], Any]) -> None:
+        self._chunks = chunks
+        self._response = response
+        self._owner = owner  # a weak reference to the consumer's response object
+        self._stopped = False
+        self._done = False
+        self._lock = threading.Lock()
+        if _gevent_active():
+            import gevent
+            import gevent.queue
+
+            self.queue: Any = gevent.queue.Queue(maxsize=_QUEUE_ITEMS)
+            gevent.spawn(self._run)
+        else:
+            self.queue = queue.Queue(maxsize=_QUEUE_ITEMS)
+            threading.Thread(target=self._run, daemon=True, name="upstream-body-reader").start()
+
+    def get(self, timeout: float) -> Any:
+        """The next chunk, `_END` or a `_Failure`; raises queue.Empty after `timeout` seconds without one."""
+        return self.queue.get(timeout=timeout)
+
+    def stop(self) -> None:
+        """End the reader now (the consumer closed the response): it releases the connection as it leaves."""
+        with self._lock:
+            self._stopped = True
+            done = self._done
+            if not done:
+                _shutdown(self._response)
+        if done:
+            self._response.close()
+        while True:  # a reader blocked on a full queue can then put its last item and see `_stopped`
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        with contextlib.suppress(queue.Full):  # a consumer waiting in another greenlet ends at once
+            self.queue.put_nowait(_END)
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._chunks:
+                if not self._put(chunk):
+                    return
+            self._put(_END)
+        except Exception as exc:
+            self._put(_Failure(exc))
+        finally:
+            with self._lock:
+                self._done = True
+                close = self._stopped or self._owner() is None
+            if close:
+                self._response.close()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stopped:
+            try:
+                self.queue.put(item, timeout=_PUT_RECHECK)
+                return True
+            except queue.Full:
+                if self._owner() is None:  # dropped without close(): nobody will read on
+                    self._stopped = True
+        return False
+
+
+def _shutdown(response: requests.Response) -> None:
+    """Shut the response's socket down (a read in progress returns); a no-op once the body was read whole."""
+    with contextlib.suppress(ValueError, RuntimeError, OSError):  # already released to the pool, or gone
+        response.raw.shutdown()
+
+
+def _gevent_active() -> bool:
+    module = sys.modules.get("gevent.monkey")
+    return bool(module and module.is_module_patched("socket"))
+
+
 class RequestsResponse:
-    """A `requests` response whose body is read straight from urllib3, as soon as bytes arrive."""
+    """A `requests` response whose body is read straight from urllib3, as soon as bytes arrive.
+
+    `iter_bytes()` reads in the caller. `iter_bytes(next_tick=f)` reads through a `_BodyReader` beside it, so the
+    caller gets b"" whenever `f()` seconds pass with no byte (the read timeout still applies).
+    """
+
+    supports_idle = True
 
     def __init__(self, response: requests.Response, url: str) -> None:
         self._response = response
@@ -123,30 +231,28 @@ class RequestsResponse:
         self._body: bytes | None = None
         self._closed = False
         self._reading = False
+        self._reader: _BodyReader | None = None
         self.status_code = response.status_code
         self.headers: Mapping[str, str] = response.headers
-        raw = response.raw
-        lean = isinstance(raw, LeanBody)
-        cookies = raw.set_cookies if lean else raw.headers.getlist("Set-Cookie")
+        cookies = response.raw.headers.getlist("Set-Cookie")
         self.set_cookies = parse_set_cookies(cookies) if cookies else {}
-        # Idle ticks need a socket read that can time out and carry on: the lean adapter's.
-        self.supports_idle = lean
 
     @property
     def buffered(self) -> bool:
         """True when more of the body has already arrived (the next chunk will not wait)."""
-        raw = self._response.raw
-        return raw.buffered if isinstance(raw, LeanBody) else False
+        reader = self._reader
+        return reader is not None and not reader.queue.empty()
 
     def iter_bytes(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
-        """Body chunks as they arrive; with `next_tick` (see `supports_idle`), b"" when a tick falls due."""
+        """Body chunks as they arrive; with `next_tick`, b"" whenever the caller's tick falls due first."""
         if self._body is not None:
             if self._body:
                 yield self._body
             return
-        if next_tick is not None and not self.supports_idle:
-            raise ValueError("idle ticks need the lean HTTP adapter")
-        chunks = self._raw_chunks(next_tick)
+        if next_tick is not None:
+            yield from self._ticking(next_tick)
+            return
+        chunks = self._raw_chunks()
         try:
             while not self._closed:
                 self._reading = True
@@ -157,28 +263,49 @@ class RequestsResponse:
                 except Exception as exc:
                     if self._closed:  # closed under us by another greenlet: end quietly
                         return
-                    error = _map_requests_error(exc, self._url, in_body=True)
-                    if error is None:
-                        raise
-                    raise error from exc
+                    raise self._mapped(exc) from exc
                 finally:
                     self._reading = False
-                if chunk or next_tick is not None:
+                if chunk:
                     yield chunk
         finally:
             if self._closed:
                 self._response.close()  # the close() that arrived mid-read left this to us
 
-    def _raw_chunks(self, next_tick: Callable[[], float] | None = None) -> Iterator[bytes]:
-        """Body pieces as they arrive, decoded (perf-and-reliability.md section 4).
+    def _ticking(self, next_tick: Callable[[], float]) -> Iterator[bytes]:
+        if self._reader is None:
+            self._reader = _BodyReader(self._raw_chunks(), self._response, weakref.ref(self))
+        reader = self._reader
+        while not self._closed:
+            wait = next_tick()
+            if wait <= 0:
+                yield b""
+                continue
+            try:
+                item = reader.get(wait)
+            except queue.Empty:
+                yield b""
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                if self._closed:
+                    return
+                raise self._mapped(item.exc) from item.exc
+            if item:
+                yield item
 
-        A chunked body is read one HTTP chunk at a time (about 3 times cheaper than read1 per 4 KB
-        frame); any other body through read1, which returns what one recv gave. `read(n)` would wait
-        for n bytes, and `iter_content(None)` for the whole of a non-chunked body.
+    def _mapped(self, exc: BaseException) -> BaseException:
+        error = _map_requests_error(exc, self._url, in_body=True) if isinstance(exc, Exception) else None
+        return exc if error is None else error
+
+    def _raw_chunks(self) -> Iterator[bytes]:
+        """Body pieces as they arrive, decoded.
+
+        A chunked body is read one HTTP chunk at a time; any other body through read1, which returns what one
+        recv gave. `read(n)` would wait for n bytes, and `iter_content(None)` for the whole of a non-chunked body.
         """
         raw = self._response.raw
-        if isinstance(raw, LeanBody):
-            return raw.iter_chunks(next_tick)
         if raw.chunked and raw.supports_chunked_reads():
             return raw.read_chunked(None, decode_content=True)
         return iter(lambda: raw.read1(_READ_SIZE, decode_content=True), b"")
@@ -190,20 +317,20 @@ class RequestsResponse:
         if self._closed:
             return
         self._closed = True
+        if self._reader is not None:
+            self._reader.stop()
+            return
         if self._reading:
             # Another greenlet is inside a read on this socket: closing the buffered reader under it
             # raises "reentrant call". Shut the socket down instead; that read then returns and the
             # reader finishes the close (urllib3 >= 2.3).
-            self._response.raw.shutdown()
+            _shutdown(self._response)
             return
         # Response.close() closes the socket of a half-read body instead of pooling it.
         self._response.close()
 
     def _preload(self) -> None:
         self._body = b"".join(self.iter_bytes())
-
-
-HTTP_ADAPTERS = ("lean", "urllib3")
 
 
 def prepare_request(
@@ -214,7 +341,7 @@ def prepare_request(
     Both transports send what this builds, so they put the same bytes on the wire.
 
     `Request.prepare()` re-parses and re-quotes the URL, encodes the JSON with the stdlib and hooks up a
-    cookie jar: about 0.3 ms per ask on the benchmark machine. Forms, files and other URLs go through it.
+    cookie jar, on every ask. Forms, files and other URLs go through it.
     """
     if files is not None or not (data is None or isinstance(data, (bytes, str))) or not url.isascii():
         request = requests.Request(method, url, headers=dict(headers), params=params, json=json, data=data, files=files)
@@ -238,32 +365,25 @@ def prepare_request(
 
 
 class RequestsTransport:
-    """`requests` with pooled connections, no proxies from the environment and no cookie jar.
+    """`requests` (urllib3) with pooled connections, no proxies from the environment and no cookie jar.
 
-    `http_adapter` picks the engine under `requests`: "lean" (default, `lean_http.LeanHTTPAdapter`:
-    pooled sockets parsed by llhttp, several times cheaper per request and per open stream) or "urllib3"
-    (requests' stock `HTTPAdapter`). `verify` is requests' `verify`: True (certifi's CA bundle), False or
-    the path of a CA bundle.
+    For a base URL that is not impersonated (the fake upstream, a local proxy). `ca_bundle` is the CA file to
+    trust (requests' `verify`; default: certifi's bundle).
     """
 
     name = "requests"
 
-    def __init__(self, *, pool_size: int = 64, http_adapter: str = "lean", verify: bool | str = True) -> None:
-        if http_adapter not in HTTP_ADAPTERS:
-            raise ConfigurationError(f"http_adapter must be one of {', '.join(HTTP_ADAPTERS)}, got {http_adapter!r}")
+    def __init__(self, *, pool_size: int = 64, ca_bundle: str | None = None) -> None:
         session = requests.Session()
-        # trust_env=False skips proxy/.netrc lookups on every request (about 0.7 ms each, perf doc 4).
+        # trust_env=False skips proxy/.netrc lookups on every request.
         session.trust_env = False
         session.cookies.set_policy(_RefuseCookies())
-        stock = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, pool_block=False, max_retries=0)
-        adapter = LeanHTTPAdapter(pool_maxsize=pool_size, fallback=stock) if http_adapter == "lean" else stock
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, pool_block=False, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self._session = session
         self.adapter = adapter
-        self.http_adapter = http_adapter
-        self.name = "requests" if http_adapter == "lean" else f"requests/{http_adapter}"
-        self._verify = verify
+        self._verify: bool | str = ca_bundle or True
 
     def request(
         self,

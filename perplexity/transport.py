@@ -3,14 +3,17 @@
 The client sends every request through `Transport.request` and reads bodies through `TransportResponse`.
 Two implementations:
 
-- `RequestsTransport`: one `requests.Session`; cooperative under gevent through monkey patching.
-- `CurlTransport`: curl_cffi (libcurl-impersonate) for Cloudflare, which answers plain `requests` with a
-  403 challenge (perplexity-protocol.md section 1). libcurl is C code that monkey patching cannot make
-  cooperative, and curl_cffi's own gevent support blocks the hub on streams (perf-and-reliability.md
-  section 5). So under gevent no curl call ever blocks: libcurl's event interface (socket and timer
-  callbacks, `curl_multi_socket_action`) says what to wait for, and the reading greenlet waits for it on
-  the hub's own watchers. No OS thread per stream, so no cap on concurrent streams and no GIL hand-off
-  per chunk.
+- `CurlTransport`, the production engine: curl_cffi (libcurl-impersonate) for Cloudflare, which answers
+  plain `requests` with a 403 challenge. It speaks as Chrome does: its TLS fingerprint, HTTP/2 negotiated by
+  ALPN, and every stream to one origin multiplexed over a shared connection. libcurl is C code that monkey
+  patching cannot make cooperative, so under gevent no curl call ever blocks: one multi handle per hub, driven
+  through libcurl's event interface from a greenlet of its own (`curl_hub`), and each reader waits on the hub.
+  No OS thread per stream, so no cap on concurrent streams.
+- `RequestsTransport`, the fallback for a base URL that is not impersonated (the fake upstream in tests, a
+  local proxy): one `requests.Session` on urllib3, cooperative under gevent through monkey patching.
+
+Both can time a wait and carry on (`supports_idle`): the caller reads a silent stream and still acts on its
+own ticks, with no reader greenlet and queue of its own.
 
 Error mapping (the same for both): the connection could not be made, including a connect timeout and a
 failed TLS handshake → `UpstreamConnectError` (nothing reached the server, so a retry is safe; a connect
@@ -122,13 +125,13 @@ def make_transport(
     base_url: str,
     impersonate: str | None = None,
     pool_size: int = 64,
-    http_adapter: str = "lean",
+    ca_bundle: str | None = None,
 ) -> Transport:
     """Build the transport for `base_url`: curl_cffi impersonating `impersonate`, or `requests` if None.
 
     `impersonate` is a resolved target, as `resolve_impersonation` returns it (None means plain
     `requests`, even for perplexity.ai). `pool_size` bounds the idle connections kept (for curl, the
-    idle handles). `http_adapter` is the engine under `requests` ("lean" or "urllib3"); curl_cffi ignores it.
+    idle easy handles). `ca_bundle` is the CA file to trust (default: certifi's bundle).
     """
     if urlsplit(base_url).scheme not in ("http", "https"):
         raise ConfigurationError(f"base URL must be http(s), got {base_url!r}")
@@ -137,12 +140,12 @@ def make_transport(
     if impersonate is None:
         from .requests_transport import RequestsTransport
 
-        return RequestsTransport(pool_size=pool_size, http_adapter=http_adapter)
+        return RequestsTransport(pool_size=pool_size, ca_bundle=ca_bundle)
     if not _curl_cffi_available():
         raise ConfigurationError(f"impersonating {impersonate!r} needs the curl_cffi package")
     from .curl_transport import CurlTransport
 
-    return CurlTransport(impersonate=impersonate, pool_size=pool_size)
+    return CurlTransport(impersonate=impersonate, pool_size=pool_size, ca_bundle=ca_bundle)
 
 
 def _curl_cffi_available() -> bool:

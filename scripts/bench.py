@@ -169,12 +169,11 @@ def realistic_frames(count: int, delta: int, frame_bytes: int) -> list[dict[str,
     return frames
 
 
-# The server's upstream HTTP engine (--engine): the settings that select it. The benchmark's loopback upstream gets
-# the lean adapter by default; perplexity.ai gets curl_cffi (Chrome impersonation, for Cloudflare).
+# The server's upstream HTTP engine (--engine): the settings that select it. curl (the default) is what perplexity.ai
+# gets: curl_cffi impersonating Chrome; requests (urllib3) is the fallback for a base URL that is not impersonated.
 ENGINES: dict[str, dict[str, str]] = {
-    "lean": {"PERPLEXITY_IMPERSONATE": "off", "PERPLEXITY_HTTP_ADAPTER": "lean"},
-    "urllib3": {"PERPLEXITY_IMPERSONATE": "off", "PERPLEXITY_HTTP_ADAPTER": "urllib3"},
     "curl": {"PERPLEXITY_IMPERSONATE": "chrome"},
+    "requests": {"PERPLEXITY_IMPERSONATE": "off"},
 }
 
 
@@ -410,12 +409,14 @@ class Bench:
         hold_upstream: str,
         hold_state: str = "answer",
         floor: bool = True,
-        engine: str = "lean",
+        engine: str = "curl",
+        hold_wire: str = "h2",
     ) -> None:
         self.plan = plan
         self.phases = phases
         self.use_floor = floor
         self.engine = engine
+        self.hold_wire = hold_wire
         self.profile = profile
         self.hold_upstream = hold_upstream
         self.hold_state = hold_state
@@ -440,14 +441,15 @@ class Bench:
         connections = str(max(10000, self.plan.streams + 500))
         return {"HEARTBEAT_INTERVAL": str(self.plan.heartbeat), "WORKER_CONNECTIONS": connections}
 
-    def start_server(self, name: str, upstream: str) -> None:
+    def start_server(self, name: str, upstream: str, ca_path: str | None = None) -> None:
         self.stop_server()
+        tls = {"PERPLEXITY_CA_BUNDLE": ca_path} if ca_path else {}
         self.server = Gunicorn(
             upstream=upstream,
             token=TOKEN,
             api_key=API_KEY,
             log_path=self.tmp / f"gunicorn-{name}.log",
-            extra_env={**self.gunicorn_env(), **ENGINES[self.engine]},
+            extra_env={**self.gunicorn_env(), **ENGINES[self.engine], **tls},
         )
         self.worker = self.server.wait_ready()
         self.api = Api(self.server.url, API_KEY)
@@ -544,10 +546,14 @@ class Bench:
                 if self.hold_upstream == "light":
                     prefix = self.answer_prefix() if self.hold_state == "answer" else b""
                     nofile = 2 * self.plan.streams + 1000
-                    self.holder = HoldProcess(TOKEN, heartbeat=self.plan.heartbeat, prefix=prefix, nofile=nofile)
+                    tls_h2 = self.hold_wire == "h2"
+                    self.holder = HoldProcess(
+                        TOKEN, heartbeat=self.plan.heartbeat, prefix=prefix, nofile=nofile, tls_h2=tls_h2
+                    )
                     upstream = self.holder.url
             # A fresh worker per group: the streams' memory baseline is not inflated by the CPU phase's frames.
-            self.start_server("b" if self.holder else "a", upstream)
+            ca_path = self.holder.ca_path if self.holder else None
+            self.start_server("b" if self.holder else "a", upstream, ca_path)
             return True
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
@@ -870,7 +876,7 @@ class Bench:
             checkpoints.append((held, rss1))
             result: dict[str, Any] = {
                 "target": plan.streams,
-                "upstream": "light asyncio holder" if self.holder else "fake",
+                "upstream": f"light asyncio holder ({self.hold_wire})" if self.holder else "fake",
                 "state": self.hold_state if self.holder else "headers",
                 "answered": herd.answered,
                 "held": held,
@@ -1004,8 +1010,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--engine",
         choices=tuple(ENGINES),
-        default="lean",
-        help="the server's upstream HTTP engine: lean (default), urllib3, or curl (curl_cffi, as for perplexity.ai)",
+        default="curl",
+        help="the server's upstream HTTP engine: curl (default: curl_cffi impersonating Chrome, as for perplexity.ai) "
+        "or requests (urllib3, for a base URL that is not impersonated)",
+    )
+    parser.add_argument(
+        "--hold-wire",
+        choices=("h2", "h1"),
+        default="h2",
+        help="wire of the light holder in the open-streams phase: TLS + HTTP/2 as perplexity.ai (default), or plain "
+        "HTTP/1.1",
     )
     parser.add_argument(
         "--no-floor",
@@ -1070,9 +1084,11 @@ def main(argv: list[str] | None = None) -> int:
         hold_state=args.hold_state,
         floor=not args.no_floor,
         engine=args.engine,
+        hold_wire=args.hold_wire,
     )
     report: dict[str, Any] = {"machine": machine(), "plan": asdict(plan), "nofile": nofile, "floor": not args.no_floor}
     report["engine"] = args.engine
+    report["hold_wire"] = args.hold_wire
     try:
         report["results"] = bench.run()
     except KeyboardInterrupt:
@@ -1088,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(file=out)
     print(f"{command.strip()}  ({report['elapsed_s']} s; {report['machine']['cpus']} CPUs, "
           f"Python {report['machine']['python']}, load {report['machine']['loadavg_start']}; "
-          f"server engine {args.engine})", file=out)  # fmt: skip
+          f"server engine {args.engine}, held streams over {args.hold_wire})", file=out)  # fmt: skip
     print(table(results, plan.heartbeat), file=out)
     extra = details(results)
     if extra:

@@ -351,16 +351,17 @@ def test_connections_are_reused_across_asks(fake, client):
     with client.ask("two") as stream:
         next(e for e in stream if isinstance(e, Completed))  # a consumer that stops at Completed
     client.ask_complete("three")
-    adapter = client.transport.adapter
-    assert adapter.requests_sent == 3 and adapter.connections_opened == 1
+    pools = client.transport.adapter.poolmanager.pools
+    (pool,) = (pools[key] for key in pools.keys())  # one pool: the fake's host
+    assert pool.num_requests == 3 and pool.num_connections == 1
 
 
 # ---- idle ticks: one greenlet reads the stream and still acts during silences ----------------------
 
 
-@pytest.fixture(params=["lean", "curl"])
+@pytest.fixture(params=["requests", "curl"])
 def ticking_client(request: pytest.FixtureRequest, fake: FakePerplexity) -> Iterator[PerplexityClient]:
-    """A client on each transport that can time a wait and carry on: the lean adapter and curl_cffi."""
+    """A client on each transport (both can time a wait and carry on): requests (urllib3) and curl_cffi."""
     with PerplexityClient(
         TOKEN,
         base_url=fake.url,
@@ -401,12 +402,16 @@ def test_ticks_keep_the_read_timeout(fake, ticking_client):
     assert 5 <= ticks <= 7
 
 
-def test_ticks_need_a_transport_that_can_time_a_wait(fake):
-    with PerplexityClient(TOKEN, base_url=fake.url, http_adapter="urllib3") as c, c.ask("q") as stream:
-        assert not stream.supports_idle
-        with pytest.raises(ValueError, match="idle"):
-            stream.ticks(1.0)
-        assert "".join(e.text for e in stream if isinstance(e, AnswerDelta))
+def test_a_ticking_stream_closed_early_releases_its_connection(fake, ticking_client):
+    """Closing mid-stream while reading with ticks ends the upstream stream at once (no reader left behind)."""
+    fake.enqueue(Reply(answer="a long answer " * 50, chunk_size=5, frame_delay=0.05))
+    with ticking_client.ask("q") as stream:
+        for item in stream.ticks(0.2):
+            if item:
+                break
+    assert fake.wait_until(lambda: fake.open_streams == 0, timeout=2)
+    assert fake.streams_closed_by_client == 1
+    ticking_client.ask_complete("again")  # the client (and its pool) still works
 
 
 def test_ticks_keep_their_pace_when_upstream_pings_match_the_interval(fake, ticking_client):
@@ -416,3 +421,23 @@ def test_ticks_keep_their_pace_when_upstream_pings_match_the_interval(fake, tick
         items = list(stream.ticks(0.3))
     ticks = next(i for i, item in enumerate(items) if item is not None)
     assert ticks >= 4  # about 1.5 / 0.3 = 5; ticks every other ping would give 2 or 3
+
+
+def test_the_production_path_curl_over_tls_and_http2():
+    """curl_cffi impersonating Chrome against a TLS + HTTP/2 fake, trusting its CA through `ca_bundle`."""
+    with (
+        FakePerplexity(session_token=TOKEN, tls=True, http2=True) as fake,
+        PerplexityClient(
+            TOKEN, base_url=fake.url, impersonate="chrome", ca_bundle=fake.ca_path, connect_timeout=2, read_timeout=2
+        ) as client,
+    ):
+        assert client.transport.name.startswith("curl_cffi")
+        for _ in range(2):
+            fake.enqueue(Reply(answer=ANSWER, chunk_size=5))
+            with client.ask("q") as stream:
+                assert collect(stream)[1] == ANSWER
+        fake.enqueue(Reply(answer="late", first_byte_delay=0.6, heartbeat_every=0.1))
+        with client.ask("q") as stream:
+            items = list(stream.ticks(0.2))
+        assert 2 <= sum(item is None for item in items) <= 4
+        assert {request.http_version for request in fake.requests} == {"2"}
