@@ -351,7 +351,9 @@ def prepare_request(
     prepared.url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}" if params else url
     prepared.headers = CaseInsensitiveDict(headers)
     if json is not None:
-        body: bytes | None = dumps_json(json)
+        # An exact-size copy: orjson's bytes keep its whole output buffer allocated, and the body lives as long
+        # as the transfer (curl reads it from there), which for an answer stream is minutes.
+        body: bytes | None = bytes(memoryview(dumps_json(json)))
         prepared.headers.setdefault("Content-Type", "application/json")
     else:
         body = data.encode("utf-8") if isinstance(data, str) else data

@@ -25,6 +25,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+_ASK_HEADERS = {
+    "accept": "text/event-stream",
+    "cookie": "__Secure-next-auth.session-token=" + "t" * 900,
+    "x-request-id": "00000000-0000-4000-8000-000000000000",
+}
+_ASK_BODY = {"query_str": "q" * 200, "params": {"language": "en-US", "sources": ["web"], "padding": "p" * 1000}}
 _UPSTREAM_MODE = {"h2": "h2", "h1": "h1", "requests": "plain"}
 
 
@@ -54,7 +60,10 @@ def _measure(engine: str, url: str, ca: str, streams: int) -> dict[str, Any]:
 
     def hold(path: str, count: int) -> None:
         nonlocal opened
-        response = transport.request("GET", url + path, headers={}, stream=True, timeout=(30, 120))
+        # Shaped like an ask: a POST with a JSON body and the headers the client sends.
+        response = transport.request(
+            "POST", url + path, headers=_ASK_HEADERS, json=_ASK_BODY, stream=True, timeout=(30, 120)
+        )
         responses.append(response)
         for piece in response.iter_bytes(next_tick=lambda: 5.0):
             if piece.startswith(b"data:"):
