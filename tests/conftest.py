@@ -50,8 +50,8 @@ def fake(fake_server: FakePerplexity) -> Iterator[FakePerplexity]:
 
 
 @pytest.fixture
-def client(fake: FakePerplexity) -> Iterator[PerplexityClient]:
-    """A client with short timeouts and near-zero backoff against the fake."""
+def px(fake: FakePerplexity) -> Iterator[PerplexityClient]:
+    """A Perplexity client with short timeouts and near-zero backoff against the fake."""
     with PerplexityClient(
         TOKEN, base_url=fake.url, connect_timeout=2.0, read_timeout=2.0, max_retries=2, backoff=0.01
     ) as c:
@@ -172,3 +172,10 @@ def app(fake: FakePerplexity):
     )
     yield application
     application.extensions["perplexity"].close()
+
+
+@pytest.fixture
+def client(app):
+    """The app's test client (flaskr style): view-level tests without a server."""
+    with app.test_client() as test_client:
+        yield test_client

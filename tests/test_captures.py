@@ -35,9 +35,9 @@ def terminal_markdown_answer(frame):
     return block["markdown_block"]["answer"]
 
 
-def test_ak_turbo_stream_with_text_and_markdown_blocks(fake, client):
+def test_ak_turbo_stream_with_text_and_markdown_blocks(fake, px):
     frames = load_capture_frames(AK)
-    done, streamed = replay(fake, client, frames)
+    done, streamed = replay(fake, px, frames)
     expected = terminal_markdown_answer(frames[-2])
     assert expected.startswith("This domain is for use in illustrative examples")
     assert streamed == done.answer == done.final_answer == expected
@@ -57,7 +57,7 @@ def test_ak_turbo_stream_with_text_and_markdown_blocks(fake, client):
     assert "Fetching the requested page" in done.reasoning and expected not in done.reasoning
 
 
-def test_zk_anonymous_stream_that_ends_before_completion(fake, client):
+def test_zk_anonymous_stream_that_ends_before_completion(fake, px):
     frames = load_capture_frames(ZK_STREAM, end_of_stream=True)
     chunks = []
     for frame in frames:
@@ -68,7 +68,7 @@ def test_zk_anonymous_stream_that_ends_before_completion(fake, client):
     expected = "".join(chunks)
     fake.enqueue(Reply(frames=frames))
     deltas = []
-    with pytest.raises(StreamTruncatedError) as info, client.ask("q") as stream:
+    with pytest.raises(StreamTruncatedError) as info, px.ask("q") as stream:
         for event in stream:
             if isinstance(event, AnswerDelta):
                 deltas.append(event.text)
@@ -78,20 +78,20 @@ def test_zk_anonymous_stream_that_ends_before_completion(fake, client):
     assert stream.thread.thread_url_slug == "what-is-artificial-intelligenc-kcu2i4yESxy8RY3Z_0PBww"
 
 
-def test_zk_single_terminal_frame(fake, client):
+def test_zk_single_terminal_frame(fake, px):
     frames = load_capture_frames(ZK_FINAL)
-    done, streamed = replay(fake, client, frames)
+    done, streamed = replay(fake, px, frames)
     assert streamed == done.final_answer == "The solution to the math problem $$2 + 2$$ is $$4$$."
     assert done.sources == ()
     assert done.thread.context_uuid == frames[0]["context_uuid"]
     assert done.title == frames[0]["thread_title"]
 
 
-def test_zk_follow_up_pair_keeps_the_thread(fake, client):
+def test_zk_follow_up_pair_keeps_the_thread(fake, px):
     first_frames = load_capture_frames(ZK_FOLLOW, part="initial_result")
     second_frames = load_capture_frames(ZK_FOLLOW, part="follow_up_result")
-    first, _ = replay(fake, client, first_frames)
-    second, streamed = replay(fake, client, second_frames)
+    first, _ = replay(fake, px, first_frames)
+    second, streamed = replay(fake, px, second_frames)
     assert first.thread.context_uuid == second.thread.context_uuid
     assert first.thread.read_write_token == second.thread.read_write_token
     assert first.thread.thread_url_slug == second.thread.thread_url_slug
@@ -121,23 +121,23 @@ THREAD_LIST = (
 )
 
 
-def test_thread_export_capture_decodes_to_markdown(fake, client):
-    first = client.ask_complete("one")
+def test_thread_export_capture_decodes_to_markdown(fake, px):
+    first = px.ask_complete("one")
     fake.exports[first.thread.backend_uuid] = json.loads(EXPORT.read_text())
-    export = client.export_thread(first.thread)
+    export = px.export_thread(first.thread)
     assert export.filename.endswith(".md")
     assert export.markdown.startswith('<img src="https://r2cdn.perplexity.ai/')
     assert "[^1_1]" in export.markdown  # footnote citations survive
     assert fake.requests[-1].json == {"thread_uuid": first.thread.backend_uuid, "format": "md"}
 
 
-def test_the_truncated_thread_list_capture_is_a_clear_error_not_a_crash(fake, client):
+def test_the_truncated_thread_list_capture_is_a_clear_error_not_a_crash(fake, px):
     from perplexity.errors import MalformedFrameError
 
     raw = THREAD_LIST.read_bytes()  # cut off mid-item by its author: not valid JSON
     fake.canned["/rest/thread/list_ask_threads"] = (200, "application/json", raw)
     with pytest.raises(MalformedFrameError, match="thread list"):
-        client.list_threads()
+        px.list_threads()
     del fake.canned["/rest/thread/list_ask_threads"]
-    client.ask_complete("one")
-    assert [t.title for t in client.list_threads()] == ["one"]
+    px.ask_complete("one")
+    assert [t.title for t in px.list_threads()] == ["one"]

@@ -24,9 +24,9 @@ def collect(stream):
 
 
 @pytest.mark.parametrize("fmt", ["text", "markdown", "diff", "workflow", "plaintext"])
-def test_every_answer_format_streams_the_whole_answer(fake, client, fmt):
+def test_every_answer_format_streams_the_whole_answer(fake, px, fmt):
     fake.enqueue(Reply(answer=ANSWER, format=fmt, chunk_size=5))
-    with client.ask("capital of france") as stream:
+    with px.ask("capital of france") as stream:
         events, text = collect(stream)
     done = stream.completed
     assert text == done.answer == done.final_answer == ANSWER
@@ -36,9 +36,9 @@ def test_every_answer_format_streams_the_whole_answer(fake, client, fmt):
     assert fake.open_streams == 0 or fake.wait_until(lambda: fake.open_streams == 0)
 
 
-def test_the_request_carries_cookie_headers_and_query(fake, client):
+def test_the_request_carries_cookie_headers_and_query(fake, px):
     fake.enqueue(Reply(answer=ANSWER))
-    client.ask_complete("hello")
+    px.ask_complete("hello")
     ask = fake.asks[-1]
     assert ask.query == {"version": "2.18", "source": "default"}
     assert f"__Secure-next-auth.session-token={TOKEN}" in ask.headers["cookie"]
@@ -47,44 +47,44 @@ def test_the_request_carries_cookie_headers_and_query(fake, client):
     assert ask.json["query_str"] == "hello" and ask.json["params"]["is_incognito"] is True
 
 
-def test_thinking_model_reasoning_stays_out_of_the_answer(fake, client):
+def test_thinking_model_reasoning_stays_out_of_the_answer(fake, px):
     fake.enqueue(Reply(answer=ANSWER, format="diff", reasoning=True))
-    result = client.ask_complete("think", AskOptions(model="claude48opusthinking"))
+    result = px.ask_complete("think", AskOptions(model="claude48opusthinking"))
     assert result.answer == ANSWER
     assert result.reasoning and ANSWER not in result.reasoning
     assert fake.asks[-1].json["params"]["model_preference"] == "claude48opusthinking"
 
 
-def test_clarifying_questions_do_not_stop_the_run(fake, client):
+def test_clarifying_questions_do_not_stop_the_run(fake, px):
     fake.enqueue(Reply(answer=ANSWER, clarifying=True, format="text"))
-    with client.ask("research this") as stream:
+    with px.ask("research this") as stream:
         events, text = collect(stream)
     assert any(isinstance(e, ClarifyingQuestions) and e.questions for e in events)
     assert text == ANSWER and stream.completed is not None
 
 
-def test_deep_research_answers_with_the_report(fake, client):
+def test_deep_research_answers_with_the_report(fake, px):
     fake.enqueue(Reply(answer="# Report\n\nFindings [1].", research=True))
-    result = client.ask_complete("research", AskOptions(model="pplx_alpha"))
+    result = px.ask_complete("research", AskOptions(model="pplx_alpha"))
     assert result.answer == "# Report\n\nFindings [1]."
 
 
-def test_revised_terminal_answer_is_flagged(fake, client):
+def test_revised_terminal_answer_is_flagged(fake, px):
     revised = ANSWER.replace("[1]", "[3]")
     fake.enqueue(Reply(answer=ANSWER, revise_final=revised))
-    with client.ask("q") as stream:
+    with px.ask("q") as stream:
         _, text = collect(stream)
     assert text == stream.completed.answer == ANSWER
     assert stream.completed.revised and stream.completed.final_answer == revised
     # A collected (non-streamed) result takes Perplexity's final text.
     fake.enqueue(Reply(answer=ANSWER, revise_final=revised))
-    assert client.ask_complete("q").answer == revised
+    assert px.ask_complete("q").answer == revised
 
 
-def test_media_items_come_through(fake, client):
+def test_media_items_come_through(fake, px):
     media = [{"medium": "image", "image": "https://img.example/a.png", "url": "https://page.example/a", "name": "A"}]
     fake.enqueue(Reply(answer=ANSWER, media=media))
-    result = client.ask_complete("q")
+    result = px.ask_complete("q")
     assert result.media[0].url == "https://img.example/a.png"
 
 
@@ -101,45 +101,45 @@ def test_media_items_come_through(fake, client):
         ("html_200", errors.MalformedFrameError, 1),
     ],
 )
-def test_non_retryable_faults_raise_at_once(fake, client, kind, error, attempts):
+def test_non_retryable_faults_raise_at_once(fake, px, kind, error, attempts):
     fake.enqueue(Fault(kind, times=5))
     with pytest.raises(error):
-        client.ask("q")
+        px.ask("q")
     assert len(fake.asks) == attempts
 
 
-def test_rate_limit_is_retried_after_retry_after(fake, client):
+def test_rate_limit_is_retried_after_retry_after(fake, px):
     fake.enqueue(Fault("rate_limit", retry_after=0.05), Reply(answer=ANSWER))
-    assert client.ask_complete("q").answer == ANSWER
+    assert px.ask_complete("q").answer == ANSWER
     assert len(fake.asks) == 2
 
 
-def test_rate_limit_gives_up_after_the_retries_and_keeps_retry_after(fake, client):
+def test_rate_limit_gives_up_after_the_retries_and_keeps_retry_after(fake, px):
     fake.enqueue(Fault("rate_limit", retry_after=0.01, times=5))
     with pytest.raises(errors.RateLimitError) as info:
-        client.ask("q")
+        px.ask("q")
     assert info.value.retry_after == pytest.approx(0.01)
     assert len(fake.asks) == 3  # one try + max_retries
 
 
-def test_a_long_retry_after_is_reported_not_slept(fake, client):
+def test_a_long_retry_after_is_reported_not_slept(fake, px):
     fake.enqueue(Fault("rate_limit", retry_after=3600))
     with pytest.raises(errors.RateLimitError) as info:
-        client.ask("q")
+        px.ask("q")
     assert info.value.retry_after == 3600 and len(fake.asks) == 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-def test_server_errors_are_retried(fake, client, status):
+def test_server_errors_are_retried(fake, px, status):
     fake.enqueue(Fault("server_error", status=status, times=2), Reply(answer=ANSWER))
-    assert client.ask_complete("q").answer == ANSWER
+    assert px.ask_complete("q").answer == ANSWER
     assert len(fake.asks) == 3
 
 
-def test_persistent_server_errors_raise(fake, client):
+def test_persistent_server_errors_raise(fake, px):
     fake.enqueue(Fault("server_error", status=500, times=9))
     with pytest.raises(errors.UpstreamServerError) as info:
-        client.ask("q")
+        px.ask("q")
     assert info.value.status_code == 500 and len(fake.asks) == 3
 
 
@@ -152,9 +152,9 @@ def test_connect_errors_are_retried_then_raised():
     assert len(sleeps) == 2
 
 
-def test_slow_first_byte_within_the_read_timeout_is_fine(fake, client):
+def test_slow_first_byte_within_the_read_timeout_is_fine(fake, px):
     fake.enqueue(Fault("slow_first_byte", delay=0.3))
-    assert client.ask_complete("q").answer
+    assert px.ask_complete("q").answer
 
 
 def test_slow_first_byte_past_the_read_timeout_times_out(fake):
@@ -179,14 +179,14 @@ def test_slow_first_byte_past_the_read_timeout_times_out(fake):
         ("reset", errors.StreamTruncatedError),
     ],
 )
-def test_mid_stream_faults_raise_with_the_partial_answer(fake, client, kind, error):
+def test_mid_stream_faults_raise_with_the_partial_answer(fake, px, kind, error):
     fake.enqueue(Fault(kind, after_frames=4, times=3, reply=Reply(answer=ANSWER, chunk_size=4)))
-    stream = client.ask("q")
+    stream = px.ask("q")
     with pytest.raises(error) as info:
         collect(stream)
     assert len(fake.asks) == 1
     assert ANSWER.startswith(info.value.partial_answer)
-    assert client.open_streams == 0
+    assert px.open_streams == 0
 
 
 def test_a_stall_past_the_read_timeout_ends_the_stream(fake):
@@ -199,10 +199,10 @@ def test_a_stall_past_the_read_timeout_ends_the_stream(fake):
     assert len(fake.asks) == 1
 
 
-def test_failed_run_message_is_kept(fake, client):
+def test_failed_run_message_is_kept(fake, px):
     fake.enqueue(Fault("failed", error_code="MODEL_UNAVAILABLE", message="The model is unavailable"))
     with pytest.raises(errors.AskFailedError) as info:
-        collect(client.ask("q"))
+        collect(px.ask("q"))
     assert info.value.code == "MODEL_UNAVAILABLE"
     assert "unavailable" in info.value.message
 
@@ -210,25 +210,25 @@ def test_failed_run_message_is_kept(fake, client):
 # ---- early close ---------------------------------------------------------------------------
 
 
-def test_closing_a_stream_early_closes_the_upstream_connection(fake, client):
+def test_closing_a_stream_early_closes_the_upstream_connection(fake, px):
     fake.enqueue(Reply(answer=ANSWER * 20, chunk_size=3, frame_delay=0.05))
-    stream = client.ask("q")
+    stream = px.ask("q")
     first = next(iter(stream))
     assert first is not None
     assert fake.open_streams == 1
     stream.close()
     assert fake.wait_until(lambda: fake.open_streams == 0, timeout=5)
     assert fake.streams_closed_by_client == 1
-    assert client.open_streams == 0
+    assert px.open_streams == 0
 
 
 # ---- threads -------------------------------------------------------------------------------
 
 
-def test_three_turns_continue_one_thread(fake, client):
-    first = client.ask_complete("one")
-    second = client.ask_complete("two", AskOptions(follow_up=first.thread))
-    third = client.ask_complete("three", AskOptions(follow_up=second.thread))
+def test_three_turns_continue_one_thread(fake, px):
+    first = px.ask_complete("one")
+    second = px.ask_complete("two", AskOptions(follow_up=first.thread))
+    third = px.ask_complete("three", AskOptions(follow_up=second.thread))
     asks = fake.asks
     assert [a.json["params"]["query_source"] for a in asks] == ["home", "followup", "followup"]
     assert asks[1].json["params"]["last_backend_uuid"] == first.thread.backend_uuid
@@ -239,21 +239,21 @@ def test_three_turns_continue_one_thread(fake, client):
     assert len(fake.threads[first.thread.context_uuid].entries) == 3
 
 
-def test_follow_up_on_a_deleted_thread_is_thread_not_found(fake, client):
-    first = client.ask_complete("one")
-    client.delete_thread(first.thread)
+def test_follow_up_on_a_deleted_thread_is_thread_not_found(fake, px):
+    first = px.ask_complete("one")
+    px.delete_thread(first.thread)
     with pytest.raises(errors.ThreadNotFoundError):
-        client.ask("two", AskOptions(follow_up=first.thread))
+        px.ask("two", AskOptions(follow_up=first.thread))
 
 
 # ---- uploads --------------------------------------------------------------------------------
 
 
-def test_upload_then_ask_with_the_attachment(fake, client):
-    url = client.upload("notes.txt", b"hello attachment", "text/plain")
+def test_upload_then_ask_with_the_attachment(fake, px):
+    url = px.upload("notes.txt", b"hello attachment", "text/plain")
     assert url.startswith(fake.url + "/fake-s3/")
     assert fake.uploads[url][2] == b"hello attachment"
-    client.ask_complete("summarize", AskOptions(attachments=(url,)))
+    px.ask_complete("summarize", AskOptions(attachments=(url,)))
     assert fake.asks[-1].json["params"]["attachments"] == [url]
     presign = next(r for r in fake.requests if r.path.endswith("batch_create_upload_urls"))
     entry = next(iter(presign.json["files"].values()))
@@ -262,40 +262,40 @@ def test_upload_then_ask_with_the_attachment(fake, client):
     assert "cookie" not in s3.headers  # the bucket never sees the Perplexity cookie
 
 
-def test_upload_validation_happens_before_any_request(fake, client):
+def test_upload_validation_happens_before_any_request(fake, px):
     with pytest.raises(errors.UploadError, match="limit"):
         PerplexityClient(TOKEN, base_url=fake.url, max_upload_bytes=4).upload("a.txt", b"too big", "text/plain")
     assert fake.requests == []
 
 
-def test_upload_refused_by_the_store_is_an_upload_error(fake, client):
+def test_upload_refused_by_the_store_is_an_upload_error(fake, px):
     fake.max_upload_bytes = 3
     with pytest.raises(errors.UploadError, match="refused"):
-        client.upload("a.txt", b"four", "text/plain")
+        px.upload("a.txt", b"four", "text/plain")
 
 
 # ---- account calls ---------------------------------------------------------------------------
 
 
-def test_session_check_valid_and_invalid(fake, client):
-    info = client.session()
+def test_session_check_valid_and_invalid(fake, px):
+    info = px.session()
     assert info.valid and info.user_id and info.tier
     fake.session_valid = False
-    assert client.session().valid is False
+    assert px.session().valid is False
 
 
-def test_rotated_cookie_is_adopted(fake, client):
+def test_rotated_cookie_is_adopted(fake, px):
     fake.rotate_on_session = True
-    client.session()
-    assert client.cookie.value != TOKEN and client.cookie.rotations == 1
-    client.ask_complete("q")
-    assert client.cookie.value in fake.asks[-1].headers["cookie"]
+    px.session()
+    assert px.cookie.value != TOKEN and px.cookie.rotations == 1
+    px.ask_complete("q")
+    assert px.cookie.value in fake.asks[-1].headers["cookie"]
 
 
 @pytest.mark.parametrize("schema", ["v1", "v2"])
-def test_model_catalogue(fake, client, schema):
+def test_model_catalogue(fake, px, schema):
     fake.models_schema = schema
-    catalogue = client.catalogue()
+    catalogue = px.catalogue()
     assert catalogue.schema == schema
     ids = {m.id for m in catalogue.models}
     assert {"claude48opus", "claude48opusthinking"} <= ids
@@ -304,17 +304,17 @@ def test_model_catalogue(fake, client, schema):
     assert catalogue.default_models["research"] == "pplx_alpha"
 
 
-def test_model_catalogue_failure_raises(fake, client):
+def test_model_catalogue_failure_raises(fake, px):
     fake.fault_for("/rest/models/config", Fault("server_error", status=500, times=5))
     with pytest.raises(errors.UpstreamServerError):
-        client.catalogue()
+        px.catalogue()
 
 
-def test_rate_limit_status(fake, client):
-    status = client.rate_limits()
+def test_rate_limit_status(fake, px):
+    status = px.rate_limits()
     assert status.modes and any(q.available for q in status.modes.values())
     fake.session_valid = False
-    assert not any(q.available for q in client.rate_limits().modes.values())
+    assert not any(q.available for q in px.rate_limits().modes.values())
 
 
 def test_missing_token_is_a_configuration_error(fake):
@@ -328,14 +328,14 @@ def test_missing_token_is_a_configuration_error(fake):
 # ---- secrets ---------------------------------------------------------------------------------
 
 
-def test_the_cookie_never_appears_in_logs_messages_or_reprs(fake, client, caplog):
+def test_the_cookie_never_appears_in_logs_messages_or_reprs(fake, px, caplog):
     caplog.set_level(logging.DEBUG)
     fake.enqueue(Fault("auth"), Fault("rate_limit", retry_after=0.01), Reply(answer=ANSWER))
-    seen = [repr(client), repr(client.cookie)]
+    seen = [repr(px), repr(px.cookie)]
     with pytest.raises(errors.AuthenticationError) as info:
-        client.ask("q")
+        px.ask("q")
     seen += [str(info.value), repr(info.value), info.value.body_excerpt]
-    result = client.ask_complete("q")
+    result = px.ask_complete("q")
     seen += [repr(result), repr(result.thread)]
     seen += [r.getMessage() for r in caplog.records]
     blob = "\n".join(seen)
@@ -343,15 +343,15 @@ def test_the_cookie_never_appears_in_logs_messages_or_reprs(fake, client, caplog
     assert result.thread.read_write_token not in blob
 
 
-def test_connections_are_reused_across_asks(fake, client):
+def test_connections_are_reused_across_asks(fake, px):
     """Reading each body to its end returns the connection to the pool (no new TCP/TLS per ask)."""
     from perplexity.types import Completed
 
-    client.ask_complete("one")
-    with client.ask("two") as stream:
+    px.ask_complete("one")
+    with px.ask("two") as stream:
         next(e for e in stream if isinstance(e, Completed))  # a consumer that stops at Completed
-    client.ask_complete("three")
-    pools = client.transport.adapter.poolmanager.pools
+    px.ask_complete("three")
+    pools = px.transport.adapter.poolmanager.pools
     (pool,) = (pools[key] for key in pools.keys())  # one pool: the fake's host
     assert pool.num_requests == 3 and pool.num_connections == 1
 
