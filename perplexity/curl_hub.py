@@ -6,12 +6,13 @@ knows libcurl's multi interface and nothing of HTTP; `curl_transport` builds the
 
 Who runs libcurl:
 
-- Under gevent (`GeventHub`), one driver greenlet per hub. libcurl says which sockets to watch through our own
+- Under gevent (`GeventHub`), the hub itself. libcurl says which sockets to watch through our own
   CURLMOPT_SOCKETFUNCTION callback (each becomes a gevent io watcher on the hub's loop) and when to call back
-  anyway through CURLMOPT_TIMERFUNCTION; the driver calls `curl_multi_socket_action` for the sockets that became
-  ready and for the timer, reads finished transfers from `curl_multi_info_read`, and the write callbacks wake the
-  transfers' readers (one gevent Event each). No greenlet per transfer besides the reader's own, and no curl call
-  ever blocks the hub.
+  anyway through CURLMOPT_TIMERFUNCTION. A watcher that fires runs `curl_multi_socket_action` right in its
+  callback, reads finished transfers from `curl_multi_info_read`, and the write callbacks wake the transfers'
+  readers (one gevent Event each). One driver greenlet per hub handles the rest: libcurl's timer, and the
+  wake-ups from readers (start, resume, detach), other threads and garbage collection. No greenlet per transfer
+  besides the reader's own, and no curl call ever blocks the hub.
 - Without gevent (`ThreadHub`), the reader drives the multi itself (`curl_multi_perform`, then `curl_multi_poll`
   bounded by its own deadline or tick), holding the hub's lock; data that arrives for other transfers of the same
   multi waits in their buffers.
@@ -356,6 +357,7 @@ class GeventHub(CurlHub):
         self._ready: dict[int, int] = {}  # fd -> CSELECT bits seen since the driver last ran
         self._timer_at: float | None = None  # libcurl's timer (monotonic), None when it has none
         self._in_driver = False
+        self._driver_until = _AWAKE  # when the parked driver wakes by itself (monotonic); _AWAKE while it runs
         self._wake = Event()
         # Wakes the driver from another thread or from garbage collection (ev_async_send is safe from both).
         self._async = self._loop.async_()
@@ -428,30 +430,49 @@ class GeventHub(CurlHub):
     # -- the driver --
 
     def _on_io(self, revents: int, fd: int) -> None:
-        """A watched socket is ready (in the hub): note it, rest the watcher (no busy loop), wake the driver."""
+        """A watched socket is ready (in the hub): note it, rest the watcher (no busy loop), and run libcurl
+        right here. libcurl never blocks and its callbacks only buffer and set Events, so the hub can run it;
+        handing each wake-up to the driver greenlet cost two greenlet switches per chunk."""
         self._ready[fd] = self._ready.get(fd, 0) | (revents & _IO_BITS)
         watcher = self._watchers.get(fd)
         if watcher is not None:
             watcher.stop()
             self._resting.add(fd)
-        self._wake.set()
+        if self._in_curl:  # not expected in a hub callback; keep the rule all the same
+            self._wake.set()
+            return
+        try:
+            self._step()
+        except Exception:  # a bug: say so, and let the driver carry on
+            log.exception("curl hub step failed; carrying on")
+            self._wake.set()
+            return
+        when = self._timer_at
+        # The driver sleeps until libcurl's timer as it was; wake it only when the timer moved earlier.
+        if self.closed or (when is not None and when < self._driver_until):
+            self._wake.set()
+
+    def _step(self) -> None:
+        """Reap dropped transfers, run libcurl on what is ready, hand out finished transfers, watch again."""
+        self._reap()
+        if self.closed:
+            return
+        self._run_curl()
+        self._collect()
+        self._cleanup_if_idle()
+        if not self.closed:
+            self._rearm()
 
     def _drive(self) -> None:
         while not self.closed:
             self._wake.clear()
             try:
-                self._reap()
-                if self.closed:
-                    return
-                self._run_curl()
-                self._collect()
-                self._cleanup_if_idle()
-                if self.closed:
-                    return
-                self._rearm()
+                self._step()
             except Exception:  # a bug: say so, and keep the other transfers running
                 log.exception("curl hub driver failed; carrying on")
                 self._gevent.sleep(0.05)  # no hot loop if it fails again
+            if self.closed:
+                return
             self._sleep()
 
     def _run_curl(self) -> None:
@@ -475,11 +496,15 @@ class GeventHub(CurlHub):
             return
         when = self._timer_at
         if when is None:
+            self._driver_until = _FOREVER
             self._wake.wait()
+            self._driver_until = _AWAKE
             return
         left = when - time.monotonic()
         if left > 0:
+            self._driver_until = when
             self._wake.wait(left)
+            self._driver_until = _AWAKE
         else:
             self._gevent.sleep(0)  # due now: let the other greenlets run first, then act
 
@@ -512,6 +537,10 @@ class GeventHub(CurlHub):
         self._async.stop()
         self._async.close()
         self._wake.set()  # the driver sees `closed` and ends
+
+
+_FOREVER = float("inf")
+_AWAKE = float("-inf")
 
 
 def _callback_failed(exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> int:
