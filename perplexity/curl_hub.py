@@ -342,7 +342,8 @@ class ThreadHub(CurlHub):
 
 
 class GeventHub(CurlHub):
-    """Under gevent: a driver greenlet runs libcurl on the hub; readers wait on their transfer's Event."""
+    """Under gevent: libcurl runs on the hub (watcher callbacks, and a driver greenlet for its timer and wake-ups);
+    readers wait on their transfer's Event."""
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
