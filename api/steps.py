@@ -26,7 +26,7 @@ from .core.service import PreparedAsk
 from .core.streaming import ClientGone
 from .core.turn import ChatTurn, TurnLimits
 from .edge.quotas import check_stream_cap
-from .edge.sse import client_watcher
+from .edge.sse import client_watcher, error_event
 from .state import ServerState, state
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "StreamSlot",
     "answer",
     "completion_meta",
-    "guarded",
     "json_body",
     "json_response",
     "read_whole",
@@ -142,7 +141,7 @@ def _stream_hooks(server: ServerState) -> StreamHooks:
     )
 
 
-def guarded(
+def _guarded(
     body: Iterator[bytes], upstream: AskStream, hooks: StreamHooks, fail: Callable[[BaseException], bytes]
 ) -> Iterator[bytes]:
     """Run an SSE body: a failure is reported once and becomes the family's closing error event (`fail`), a
@@ -185,12 +184,14 @@ def answer(
     *,
     stream: SSEBody | None,
     whole: Callable[[], Response],
+    fail: Callable[[BaseException], bytes] = error_event,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Open the upstream for `prepared` and answer: as SSE written by `stream` (None: not streamed), or whole.
 
     The turn is built before anything is sent upstream, so a request the turn refuses costs no ask. From the open
-    on, every failure closes the upstream before it propagates; once the response exists it owns the upstream.
+    on, every failure closes the upstream before it propagates; once the response exists it owns the upstream. A
+    stream that breaks ends with `fail(exc)`, the family's closing error event (`data: {"error": ...}` by default).
     """
     server = state()
     slot = StreamSlot(server, g.get("caller", "")) if stream is not None else None
@@ -202,7 +203,9 @@ def answer(
         raise
     try:
         if stream is not None and slot is not None:
-            return _stream_response(stream(upstream, _stream_hooks(server)), upstream, slot, headers or {})
+            hooks = _stream_hooks(server)
+            body = _guarded(stream(upstream, hooks), upstream, hooks, fail)
+            return _stream_response(body, upstream, slot, headers or {})
         read_whole(upstream, turn)
         return whole()
     except BaseException:

@@ -64,7 +64,7 @@ def chat_chunks(
 ) -> Iterator[bytes]:
     """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE].
 
-    Failures are not handled here: `api.steps.guarded` runs this body and ends a broken stream.
+    Failures are not handled here: `api.steps.answer` runs this body and ends a broken stream.
     """
     yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
     started = first_token = False

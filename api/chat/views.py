@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from flask import Blueprint, Response
 
 from schemas import ChatCompletionRequestSchema, ConversationDeletedSchema, ConversationListSchema
@@ -10,10 +13,12 @@ from ..core.completion import completion
 from ..core.errors import APIError
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
-from ..edge.sse import error_event
 from ..state import state
-from ..steps import StreamHooks, answer, completion_meta, guarded, json_body, json_response, turn_limits
+from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
 from .chunks import chat_chunks
+
+if TYPE_CHECKING:
+    from perplexity.stream import AskStream
 
 __all__ = ["bp"]
 
@@ -38,12 +43,11 @@ def create_chat_completion() -> Response:
     def remember(done: ChatTurn) -> None:
         service.remember(prepared, done.thread, done.content, done.title)
 
-    def sse(upstream, hooks: StreamHooks):  # noqa: ANN001, ANN202 - see api.steps.SSEBody
-        chunks = chat_chunks(
+    def sse(upstream: AskStream, hooks: StreamHooks) -> Iterator[bytes]:
+        return chat_chunks(
             upstream, turn, meta, hooks, prompt_text=prepared.prompt_text, include_usage=include_usage,
             on_done=remember,
         )  # fmt: skip
-        return guarded(chunks, upstream, hooks, error_event)
 
     def whole() -> Response:
         remember(turn)

@@ -28,9 +28,9 @@ from ..core.service import PreparedAsk
 from ..core.streaming import turn_pieces
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
-from ..edge.sse import DONE, PING, encode, error_event
+from ..edge.sse import DONE, PING, encode
 from ..state import state
-from ..steps import StreamHooks, answer, completion_meta, guarded, json_body, json_response, turn_limits
+from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
 
 if TYPE_CHECKING:
     from perplexity.stream import AskStream
@@ -126,11 +126,10 @@ def create_completion() -> Response:
     echo = body["prompt"] if body.get("echo") else ""
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-    def sse(upstream, hooks: StreamHooks):  # noqa: ANN001, ANN202 - see api.steps.SSEBody
-        chunks = text_chunks(
+    def sse(upstream: AskStream, hooks: StreamHooks) -> Iterator[bytes]:
+        return text_chunks(
             upstream, turn, meta, hooks, prompt_text=prepared.prompt_text, echo=echo, include_usage=include_usage
         )
-        return guarded(chunks, upstream, hooks, error_event)
 
     def whole() -> Response:
         return json_response(text_completion(turn, meta, prepared.prompt_text, echo))

@@ -187,8 +187,8 @@ def response_events(
     prompt_text: str,
     on_done: Callable[[ChatTurn, dict[str, Any]], None],
 ) -> Iterator[bytes]:
-    """The SSE body of a streamed response; with `events.failed_event` as the failure renderer of
-    `api.steps.guarded`, it always ends in response.completed, .incomplete or .failed.
+    """The SSE body of a streamed response; with `events.failed_event` as the `fail` of `api.steps.answer`, it
+    always ends in response.completed, .incomplete or .failed.
 
     `on_done` runs before the final event, so a client that chains on `response.completed` at once finds
     the response stored. No `[DONE]`: the Responses API ends with its lifecycle event.

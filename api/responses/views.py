@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
@@ -14,11 +15,14 @@ from ..core.service import PreparedAsk
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
 from ..state import ServerState, state
-from ..steps import StreamHooks, answer, completion_meta, guarded, json_body, json_response, turn_limits
+from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
 from ..stores.records import StoredResponse
 from .events import ResponseEvents, response_events
 from .inputs import chain_history, locate_error, read_input, stored_items
 from .objects import ResponseMeta, echo_fields, response_object, response_status, response_usage, whole_output
+
+if TYPE_CHECKING:
+    from perplexity.stream import AskStream
 
 __all__ = ["bp"]
 
@@ -79,10 +83,13 @@ def create_response() -> Response:
         server.service.remember(prepared, finished.thread, finished.content, finished.title)
         keep(response)
 
-    def sse(upstream, hooks: StreamHooks):  # noqa: ANN001, ANN202 - see api.steps.SSEBody
-        events = ResponseEvents(meta)
-        body_ = response_events(upstream, turn, events, hooks, prompt_text=prepared.prompt_text, on_done=done)
-        return guarded(body_, upstream, hooks, lambda exc: events.failed_event(exc, turn, keep))
+    events = ResponseEvents(meta)
+
+    def sse(upstream: AskStream, hooks: StreamHooks) -> Iterator[bytes]:
+        return response_events(upstream, turn, events, hooks, prompt_text=prepared.prompt_text, on_done=done)
+
+    def failed(exc: BaseException) -> bytes:
+        return events.failed_event(exc, turn, keep)
 
     def whole() -> Response:
         output, usage = whole_output(meta, turn), response_usage(prepared.prompt_text, turn)
@@ -91,7 +98,8 @@ def create_response() -> Response:
         return json_response(response, headers)
 
     headers = {"X-Conversation-ID": prepared.conversation_id}
-    return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole, headers=headers)
+    stream = sse if body.get("stream") else None
+    return answer(prepared, turn, stream=stream, whole=whole, fail=failed, headers=headers)
 
 
 @bp.get("/v1/responses/<response_id>")
