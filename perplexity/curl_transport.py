@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
 from collections import deque
@@ -25,7 +24,7 @@ from perplexity.errors import (
 
 from .curl_hub import CURL_WRITEFUNC_PAUSE, CurlHub, GeventHub, ThreadHub, Transfer, native_thread_id
 from .requests_transport import prepare_request
-from .transport import _host, _read_limited, parse_set_cookies
+from .transport import _gevent_patched, _host, _read_limited, parse_set_cookies
 
 __all__ = ["CurlResponse", "CurlTransport"]
 
@@ -397,8 +396,7 @@ class CurlResponse:
 
 def _gevent_hub() -> Any:
     """The current gevent hub when gevent has monkey-patched sockets, else None (plain blocking calls)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
+    if not _gevent_patched():
         return None
     import gevent
 

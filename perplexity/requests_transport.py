@@ -7,7 +7,6 @@ import errno
 import http.cookiejar
 import queue
 import socket
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +25,7 @@ from perplexity.errors import (
 )
 
 from .extract import dumps_json
-from .transport import _host, _read_limited, parse_set_cookies
+from .transport import _gevent_patched, _host, _read_limited, parse_set_cookies
 
 __all__ = ["RequestsResponse", "RequestsTransport", "prepare_request"]
 
@@ -148,7 +147,7 @@ class _BodyReader:
         self._stopped = False
         self._done = False
         self._lock = threading.Lock()
-        if _gevent_active():
+        if _gevent_patched():
             import gevent
             import gevent.queue
 
@@ -209,11 +208,6 @@ def _shutdown(response: requests.Response) -> None:
     """Shut the response's socket down (a read in progress returns); a no-op once the body was read whole."""
     with contextlib.suppress(ValueError, RuntimeError, OSError):  # already released to the pool, or gone
         response.raw.shutdown()
-
-
-def _gevent_active() -> bool:
-    module = sys.modules.get("gevent.monkey")
-    return bool(module and module.is_module_patched("socket"))
 
 
 class RequestsResponse:

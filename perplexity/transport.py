@@ -28,6 +28,7 @@ Neither transport keeps cookies: the caller sends its `Cookie` header on every r
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -177,6 +178,12 @@ def parse_set_cookies(values: Iterable[str]) -> dict[str, str]:
 def _host(url: str) -> str:
     parts = urlsplit(url)
     return parts.netloc.rpartition("@")[2] or url[:64]
+
+
+def _gevent_patched() -> bool:
+    """True when gevent has monkey-patched sockets (a gevent worker): waits then belong on the hub."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("socket"))
 
 
 def _read_limited(response: TransportResponse, limit: int) -> bytes:
