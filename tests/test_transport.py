@@ -957,3 +957,21 @@ def test_gevent_hub_keeps_ticking_while_streams_are_open(server, tls_server, h2_
     assert 3 <= h2["idle_ticks"] <= 6, h2
     assert h2["sibling_complete"] and h2["paused_was_bounded"] and h2["big_complete"], h2
     assert set(report) == {"requests", "curl_cffi:chrome"}
+
+
+def test_a_json_body_is_kept_at_its_own_size():
+    """The body lives as long as the transfer (an answer stream: minutes): not orjson's whole output buffer."""
+    import tracemalloc
+
+    from perplexity.requests_transport import prepare_request
+
+    body = {"query_str": "q" * 1500}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        prepared = prepare_request("POST", "http://127.0.0.1/x", {}, None, body, None, None)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(prepared.body) > 1500
+    assert held < 8 * 1024, held  # orjson's output buffer alone is 16 KiB whatever the body size
