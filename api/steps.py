@@ -23,7 +23,7 @@ from perplexity.stream import AskStream
 from .core.completion import CompletionMeta
 from .core.errors import APIError
 from .core.service import PreparedAsk
-from .core.streaming import ClientGone
+from .core.streaming import ClientGone, read_whole
 from .core.turn import ChatTurn, TurnLimits
 from .edge.quotas import check_stream_cap
 from .edge.sse import client_watcher, error_event
@@ -36,7 +36,6 @@ __all__ = [
     "completion_meta",
     "json_body",
     "json_response",
-    "read_whole",
     "turn_limits",
 ]
 
@@ -162,17 +161,6 @@ def _stream_response(body: Iterator[bytes], upstream: AskStream, slot: StreamSlo
     response.call_on_close(upstream.close)  # a generator that never started never runs its finally
     response.call_on_close(slot.release)
     return response
-
-
-def read_whole(stream: AskStream, turn: ChatTurn) -> None:
-    """Feed the whole answer to `turn` (up to its limits), for a non-streamed reply."""
-    with stream:
-        for event in stream:
-            turn.feed(event)
-            if turn.finish_reason is not None:
-                break
-    if turn.completed is not None and turn.completed.revised and turn.finish_reason == "stop":
-        turn.rerender(turn.completed.final_answer)  # a whole answer can take Perplexity's revision
 
 
 SSEBody = Callable[[AskStream, StreamHooks], Iterator[bytes]]

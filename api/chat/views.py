@@ -9,8 +9,10 @@ from flask import Blueprint, Response
 
 from schemas import ChatCompletionRequestSchema, ConversationDeletedSchema, ConversationListSchema
 
+from ..core.agent import settle
 from ..core.completion import completion
 from ..core.errors import APIError
+from ..core.tools import chat_agent_spec
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
 from ..state import state
@@ -36,7 +38,8 @@ def create_chat_completion() -> Response:
     """Answer a chat with Perplexity, streamed or whole."""
     body = _schema.load(json_body())
     service = state().service
-    prepared = service.prepare(body, caller(body), anchor=body.get("conversation_id"))
+    agent = chat_agent_spec(body)
+    prepared = service.prepare(body, caller(body), anchor=body.get("conversation_id"), agent=agent)
     meta, turn = completion_meta(prepared, body), ChatTurn(turn_limits(body))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -50,8 +53,14 @@ def create_chat_completion() -> Response:
         )  # fmt: skip
 
     def whole() -> Response:
-        remember(turn)
-        return json_response(completion(turn, meta, prepared.prompt_text), headers)
+        if agent is None:
+            remember(turn)
+            return json_response(completion(turn, meta, prepared.prompt_text), headers)
+        outcome = settle(service, prepared, turn)
+        done = outcome.turn
+        service.remember(prepared, done.thread, outcome.history_text, done.title)
+        body = completion(done, meta, prepared.prompt_text, calls=outcome.calls, content=outcome.json_text)
+        return json_response(body, headers)
 
     headers = {"X-Conversation-ID": prepared.conversation_id}
     return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole, headers=headers)

@@ -9,6 +9,7 @@ from typing import Any
 
 from perplexity.types import MediaItem, Source
 
+from .tools import ToolCall
 from .turn import ChatTurn, count_tokens
 
 __all__ = ["CompletionMeta", "chunk", "completion", "extras", "usage"]
@@ -80,14 +81,28 @@ def usage(prompt_text: str, turn: ChatTurn) -> dict[str, Any]:
     }
 
 
-def completion(turn: ChatTurn, meta: CompletionMeta, prompt_text: str) -> dict[str, Any]:
-    """The `chat.completion` object of a finished turn."""
+def completion(
+    turn: ChatTurn,
+    meta: CompletionMeta,
+    prompt_text: str,
+    *,
+    calls: tuple[ToolCall, ...] = (),
+    content: str | None = None,
+) -> dict[str, Any]:
+    """The `chat.completion` object of a finished turn; `calls` (tool calls) or `content` (JSON output) replace
+    its text when an agent turn read it so (`core.agent`)."""
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": turn.content,
+        "content": None if calls else turn.content if content is None else content,
         "refusal": None,
-        "annotations": turn.annotations,
+        # Annotations index into the answer text: they hold only when that text is the content.
+        "annotations": turn.annotations if not calls and content is None else [],
     }
+    if calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+        ]
+    finish_reason = "tool_calls" if calls else turn.finish_reason or "stop"
     if turn.reasoning:
         message["reasoning_content"] = message["reasoning"] = turn.reasoning
     return {
@@ -95,7 +110,7 @@ def completion(turn: ChatTurn, meta: CompletionMeta, prompt_text: str) -> dict[s
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": turn.finish_reason or "stop", "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
         "usage": usage(prompt_text, turn),
         "service_tier": "default",
         **extras(turn, meta, final=True),

@@ -7,8 +7,10 @@ anything else starts a new thread from the flattened history. One rule for every
 1. An explicit anchor wins: a chat request's `conversation_id`, or the conversation of the stored response a
    Responses request names as `previous_response_id`. An anchor that is unknown (expired, deleted, another
    caller's) starts a new thread under that id.
-2. Otherwise the history is matched: a digest of the caller and every earlier (role, text) turn, including the
-   answers, names the conversation whose last turn produced exactly that history.
+2. Otherwise the history is matched: a digest of the caller and every turn up to the last assistant turn,
+   including the answers, names the conversation whose last turn produced exactly that history. What follows
+   the last assistant turn is new: a user message, or an agent's tool results (tool calls are turns too, in
+   the canonical text `core.tools` gives them, so a loop of calls and results stays on one thread).
 3. A thread Perplexity no longer knows falls back to a new thread from the flattened history (`restart`).
 4. After the answer, the conversation is saved with the digest of the history the client will send next.
 
@@ -62,11 +64,22 @@ class Placement:
     caller: str
     conversation_id: str
     conversation: Conversation | None = None
+    # How many of the request's last turns are new to the thread: one user message in a chat, but an agent's
+    # turn may add several tool results (and a user message) after the assistant's calls.
+    fresh: int = 1
 
     @property
     def thread(self) -> ThreadIds | None:
         """The thread to follow up on, or None for a new one."""
         return self.conversation.thread if self.conversation is not None else None
+
+
+def _fresh_turns(turns: list[tuple[str, str]]) -> int:
+    """The turns after the last assistant turn (at least one): what a follow-up sends."""
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index][0] == "assistant":
+            return max(1, len(turns) - 1 - index)
+    return 1
 
 
 class Continuity:
@@ -78,12 +91,13 @@ class Continuity:
 
     def place(self, caller: str, turns: list[tuple[str, str]], *, anchor: str | None = None) -> Placement:
         """Rules 1 and 2: the conversation `turns` continue (`turns` as `Transcript.keyed_turns()` gives them)."""
+        fresh = _fresh_turns(turns)
         if anchor:
-            return Placement(caller, anchor, self.conversations.get(caller, anchor))
-        if sum(1 for role, _ in turns if role != "system") >= _MIN_FOLLOW_UP_TURNS:
-            found = self.conversations.find(caller, history_key(caller, turns[:-1]))
+            return Placement(caller, anchor, self.conversations.get(caller, anchor), fresh)
+        if sum(1 for role, _ in turns if role != "system") >= _MIN_FOLLOW_UP_TURNS and fresh < len(turns):
+            found = self.conversations.find(caller, history_key(caller, turns[:-fresh]))
             if found is not None:
-                return Placement(caller, found.id, found)
+                return Placement(caller, found.id, found, fresh)
         return Placement(caller, new_conversation_id())
 
     def restart(self, placement: Placement) -> None:

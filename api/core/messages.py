@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import APIError
+from .tools import call_text, tool_result_text
 
 __all__ = ["Attachment", "Transcript", "flatten_query", "read_messages"]
 
@@ -101,20 +102,29 @@ def _content_text(content: Any, transcript: Transcript, param: str) -> str:
     return "\n".join(t for t in texts if t)
 
 
-def _tool_calls_text(message: dict[str, Any]) -> str:
+def _tool_calls_text(message: dict[str, Any], names: dict[str, str]) -> str:
+    """An assistant turn's calls in the canonical form the model is asked to use (see `core.tools`); `names`
+    learns each call's tool name so its result can be labelled."""
     calls = message.get("tool_calls") or []
-    lines = []
+    blocks = []
     for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
-            lines.append(f"(called tool {function.get('name')} with {function.get('arguments')})")
-    return "\n".join(lines)
+            name = str(function.get("name") or "")
+            if call.get("id"):
+                names[str(call["id"])] = name
+            blocks.append(call_text(name, str(function.get("arguments") or "{}")))
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):
+        blocks.append(call_text(str(legacy.get("name") or ""), str(legacy.get("arguments") or "{}")))
+    return "\n".join(blocks)
 
 
 def read_messages(messages: list[dict[str, Any]]) -> Transcript:
     """Split messages into system text and turns; inline images and files become attachments."""
     transcript = Transcript()
     system: list[str] = []
+    names: dict[str, str] = {}  # tool_call_id -> tool name, from the assistant turns so far
     for index, message in enumerate(messages):
         role = message.get("role")
         text = _content_text(message.get("content"), transcript, f"messages[{index}].content").strip()
@@ -123,7 +133,11 @@ def read_messages(messages: list[dict[str, Any]]) -> Transcript:
                 system.append(text)
             continue
         if role == "assistant":
-            text = "\n".join(t for t in (text, _tool_calls_text(message)) if t)
+            text = "\n".join(t for t in (text, _tool_calls_text(message, names)) if t)
+        elif role in ("tool", "function"):
+            call_id = message.get("tool_call_id")
+            name = message.get("name") or names.get(str(call_id)) if call_id or message.get("name") else None
+            text = tool_result_text(name, call_id, text)
         transcript.turns.append((str(role), text))
     transcript.system = "\n\n".join(system)
     if not transcript.turns or transcript.turns[-1][0] not in ("user", "tool", "function"):

@@ -15,6 +15,7 @@ from .continuity import Continuity, Placement
 from .errors import APIError
 from .messages import Transcript, flatten_query, read_messages
 from .modelmap import ModelMap, PublicModel
+from .tools import AgentSpec
 
 __all__ = ["ChatService", "PreparedAsk"]
 
@@ -34,6 +35,7 @@ class PreparedAsk:
     query: str
     options: AskOptions
     placement: Placement
+    agent: AgentSpec | None = None
 
     @property
     def caller(self) -> str:
@@ -49,6 +51,11 @@ class PreparedAsk:
     def is_follow_up(self) -> bool:
         """True when this turn continues an existing Perplexity thread."""
         return self.options.follow_up is not None
+
+    def with_section(self, query: str) -> str:
+        """`query` followed by the agent section (tools, output format), if the request has one."""
+        section = self.agent.section() if self.agent is not None else ""
+        return f"{query}\n\n{section}" if section else query
 
     @property
     def prompt_text(self) -> str:
@@ -77,11 +84,18 @@ class ChatService:
         return model
 
     def prepare(
-        self, body: dict[str, Any], caller: str, *, anchor: str | None = None, transcript: Transcript | None = None
+        self,
+        body: dict[str, Any],
+        caller: str,
+        *,
+        anchor: str | None = None,
+        transcript: Transcript | None = None,
+        agent: AgentSpec | None = None,
     ) -> PreparedAsk:
         """Resolve the model, read the messages and place the turn: a follow-up on a known thread, or a new one.
 
         `anchor` is the conversation the request names explicitly (see `continuity`), None to match its history.
+        `agent` (tools, structured output) adds its section after the conversation on every ask.
         """
         model = self.resolve_model(body.get("model"))
         transcript = transcript or read_messages(body["messages"])
@@ -89,10 +103,12 @@ class ChatService:
         placement = self.continuity.place(caller, transcript.keyed_turns(), anchor=anchor)
         if placement.thread is not None:
             options = replace(options, follow_up=placement.thread)
-            query = transcript.turns[-1][1]
+            query = "\n\n".join(text for _, text in transcript.turns[-placement.fresh :] if text)
         else:
             query = flatten_query(transcript)
-        return PreparedAsk(model, transcript, query, options, placement)
+        prepared = PreparedAsk(model, transcript, query, options, placement, agent)
+        prepared.query = prepared.with_section(query)
+        return prepared
 
     def open(self, prepared: PreparedAsk) -> AskStream:
         """Upload inline files and open the ask; a vanished thread falls back to a new one."""
@@ -106,8 +122,12 @@ class ChatService:
                 raise
             self.continuity.restart(prepared.placement)
             prepared.options = replace(prepared.options, follow_up=None)
-            prepared.query = flatten_query(prepared.transcript)
+            prepared.query = prepared.with_section(flatten_query(prepared.transcript))
             return self.client.ask(prepared.query, prepared.options)
+
+    def follow_up(self, prepared: PreparedAsk, thread: ThreadIds, query: str) -> AskStream:
+        """Ask `query` on `thread` (a repair turn on the thread the first answer created or continued)."""
+        return self.client.ask(query, replace(prepared.options, follow_up=thread, attachments=()))
 
     def remember(self, prepared: PreparedAsk, thread: ThreadIds | None, answer: str, title: str | None) -> None:
         """Keep the thread so the client's next turn (history + this answer) continues it."""

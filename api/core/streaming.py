@@ -8,7 +8,7 @@ from perplexity.stream import AskStream
 
 from .turn import ChatTurn, Piece
 
-__all__ = ["ClientGone", "turn_pieces"]
+__all__ = ["ClientGone", "read_whole", "turn_pieces"]
 
 
 class ClientGone(Exception):
@@ -42,3 +42,14 @@ def turn_pieces(
                 return
     finally:
         batches.close()  # releases the upstream at once, not when the generator is collected
+
+
+def read_whole(stream: AskStream, turn: ChatTurn) -> None:
+    """Feed the whole answer to `turn` (up to its limits), for a non-streamed reply."""
+    with stream:
+        for event in stream:
+            turn.feed(event)
+            if turn.finish_reason is not None:
+                break
+    if turn.completed is not None and turn.completed.revised and turn.finish_reason == "stop":
+        turn.rerender(turn.completed.final_answer)  # a whole answer can take Perplexity's revision

@@ -30,13 +30,17 @@ def ask(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     if isinstance(item, Fault) and item.kind in PRE_STREAM_FAULTS:
         return h.send_canned(fault_response(item, h.requestline))
     fault = item if isinstance(item, Fault) else None
-    reply = item if isinstance(item, Reply) else (fault.reply if fault else None) or h.fake.default_reply
+    reply = item if isinstance(item, Reply) else (fault.reply if fault else None)
+    if reply is None and item is None and h.fake.responder is not None:
+        reply = h.fake.responder(req.json["query_str"], _earlier_queries(h, req.json))
+    reply = reply or h.fake.default_reply
     found = _thread_for(h, req.json, reply)
     if found is None:  # unknown entry or wrong read_write_token: the thread is gone
         if item is not None:
             h.fake.give_back(item)
         return h.send_json(403, {})
     thread, ctx = found
+    thread.queries.append(ctx.query)
     req.thread = ctx.context_uuid
     frames = [dict(f) for f in reply.frames] if reply.frames is not None else build_frames(ctx, reply)
     h.fake.add_entry(thread, ctx.backend_uuid, final_frame(frames))
@@ -54,6 +58,12 @@ def _validate(body: Any) -> dict[str, Any] | None:
         if not params.get(name):
             return {"loc": ["body", "params", name], "msg": "field required", "type": "value_error.missing"}
     return None
+
+
+def _earlier_queries(h: RouteHandler, body: dict[str, Any]) -> list[str]:
+    """The queries asked before in the thread this ask follows up (oldest first); [] for a new thread."""
+    thread = h.fake.thread_of_entry(body["params"].get("last_backend_uuid"))
+    return list(thread.queries) if thread is not None else []
 
 
 def _thread_for(h: RouteHandler, body: dict[str, Any], reply: Reply) -> tuple[ThreadRecord, AskContext] | None:

@@ -121,5 +121,7 @@ class ThreadRecord:
     title: str
     frontend_context_uuid: str | None = None
     entries: list[str] = field(default_factory=list)
+    # The query_str of each ask in this thread, oldest first (what `FakePerplexity.responder` sees).
+    queries: list[str] = field(default_factory=list, repr=False)
     # backend_uuid -> the COMPLETED frame of that entry, answered by reconnect.
     final_frames: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)

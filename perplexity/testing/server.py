@@ -132,6 +132,9 @@ class FakePerplexity:
         self._script: deque[list[Any]] = deque()  # [item, remaining uses]
         self._path_faults: dict[str, list[Any]] = {}
         self.default_reply = Reply()
+        # Answers an ask when no script item is queued: (query, earlier queries of the thread) -> Reply,
+        # or None for the default reply (e.g. `perplexity.testing.ProtocolModel()`).
+        self.responder: Callable[[str, list[str]], Reply | None] | None = None
         self.requests: list[RecordedRequest] = []
         # Exceptions raised inside the fake's handlers (bugs in the fake, never client behaviour).
         self.errors: list[BaseException] = []

@@ -1,0 +1,443 @@
+"""Prompted tool calling and structured output: what the ask tells the model, and the strict reading of its answer.
+
+Perplexity's web app has no tool or JSON mode, so both are emulated by prompt, the Hermes/Qwen way: the tools are
+listed in a `<tools>` section after the conversation, and a call is an answer made of nothing but
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks. The reader accepts that canonical form and the
+variants models emit when asked (a fenced JSON block or a bare JSON object with `name` and `arguments` or
+`parameters`, arguments as an object or a JSON string). It refuses false positives: an unknown tool name outside
+the canonical tags, JSON inside an explanation or a code sample, a call buried in prose. Arguments are checked
+against the tool's JSON Schema. Every API family (chat, Responses, Anthropic Messages) builds an `AgentSpec` from
+its own request shape and reads answers through the same functions here.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import orjson
+
+from .errors import APIError
+
+__all__ = [
+    "MAX_PROSE_AROUND_CALLS",
+    "AgentSpec",
+    "OutputFormat",
+    "Reading",
+    "Tool",
+    "ToolCall",
+    "call_text",
+    "chat_agent_spec",
+    "new_call_id",
+    "read_json_output",
+    "read_tool_calls",
+    "responses_agent_spec",
+    "tool_result_text",
+]
+
+# A canonical call may come with a short remark around it ("Let me check."); more prose than this is an answer
+# that merely mentions a call, and stays text.
+MAX_PROSE_AROUND_CALLS = 200
+
+_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
+_WHOLE_FENCE = re.compile(r"\A```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)\n?[ \t]*```\Z", re.S)
+_ANY_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+_FENCES_ONLY = re.compile(r"\A(?:\s*```[ \t]*(?:json|JSON)?[ \t]*\n.*?\n?[ \t]*```\s*)+\Z", re.S)
+_MARKERS = re.compile(r" ?(?:\[\d{1,3}\])+")
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the client offers: its name, description and JSON Schema parameters."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def listing(self) -> dict[str, Any]:
+        """The tool as the `<tools>` section lists it."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call the model made: an id (`call_…`), the tool's name and its arguments as a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """Structured output: any JSON object (`json_object`) or one matching `schema` (`json_schema`)."""
+
+    kind: str
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What an answer turned out to be: tool calls, plain text, or a failed attempt at a call (`problem`)."""
+
+    calls: tuple[ToolCall, ...] = ()
+    problem: str | None = None
+
+    @property
+    def is_text(self) -> bool:
+        """Neither a call nor an attempt at one: the answer is sent as text."""
+        return not self.calls and self.problem is None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """The agent side of one request: tools offered and the choice rule, and/or a structured output format.
+
+    `choice` is "auto", "none", "required" or "named" (then `named` is the tool). With "none" no tool section is
+    sent and answers are never read as calls.
+    """
+
+    tools: tuple[Tool, ...] = ()
+    choice: str = "auto"
+    named: str | None = None
+    parallel: bool = True
+    output: OutputFormat | None = None
+
+    @property
+    def offers_tools(self) -> bool:
+        """True when the ask carries a tool section and answers are read for calls."""
+        return bool(self.tools) and self.choice != "none"
+
+    @property
+    def must_call(self) -> bool:
+        """True when an answer without a valid call is a failure (required or named)."""
+        return self.offers_tools and self.choice in ("required", "named")
+
+    def section(self) -> str:
+        """The text sent after the conversation: the tools and how to call them, the output format, or both."""
+        parts = []
+        if self.offers_tools:
+            parts.append(self._tool_section())
+        if self.output is not None:
+            parts.append(self._output_section())
+        return "\n\n".join(parts)
+
+    def tool_repair(self, problem: str) -> str:
+        """The follow-up asked when an answer had no valid call: what was wrong and the rule again."""
+        names = ", ".join(f'"{tool.name}"' for tool in self._callable())
+        return (
+            f"Your previous answer did not contain a valid tool call: {problem}. Answer again with only "
+            f'<tool_call>{{"name": "...", "arguments": {{...}}}}</tool_call> blocks for the tools {names}, with '
+            "arguments that match the tool's parameters, and nothing else."
+        )
+
+    def output_repair(self, problem: str) -> str:
+        """The follow-up asked when an answer was not the JSON asked for."""
+        return f"Your previous answer was not valid JSON output: {problem}. {self._output_section()}"
+
+    def _callable(self) -> tuple[Tool, ...]:
+        if self.choice == "named":
+            return tuple(tool for tool in self.tools if tool.name == self.named)
+        return self.tools
+
+    def _tool_section(self) -> str:
+        listing = orjson.dumps([tool.listing() for tool in self.tools]).decode()
+        rule = {
+            "auto": "Call a tool only when you need it to answer; otherwise answer normally, without any <tool_call>.",
+            "required": "You must call at least one tool now: answer with <tool_call> blocks only.",
+            "named": f'You must call the tool "{self.named}" now: answer with <tool_call> blocks for it only.',
+        }[self.choice]
+        many = "" if self.parallel else " Call at most one tool per answer."
+        return (
+            "You can call these tools:\n<tools>\n"
+            f"{listing}\n</tools>\n"
+            "To call a tool, answer with only one or more blocks of this form, and nothing else:\n"
+            '<tool_call>{"name": "<tool name>", "arguments": {<arguments matching its parameters>}}</tool_call>\n'
+            f"{rule}{many} The results of calls come back in <tool_response> blocks; use them to answer, or call "
+            "another tool."
+        )
+
+    def _output_section(self) -> str:
+        assert self.output is not None
+        if self.output.kind == "json_schema" and self.output.schema is not None:
+            schema = orjson.dumps(self.output.schema).decode()
+            return (
+                "Answer with only a JSON value that matches this JSON Schema, without code fences, prose or "
+                f"citation markers:\n<output_schema>\n{schema}\n</output_schema>"
+            )
+        return "Answer with only a JSON object.\nNo code fences, prose or citation markers."
+
+
+def new_call_id() -> str:
+    """A tool call id in OpenAI's style."""
+    return "call_" + secrets.token_hex(12)
+
+
+def call_text(name: str, arguments: str) -> str:
+    """A call as the conversation history shows it to the model: the canonical block, compact JSON."""
+    return "<tool_call>" + orjson.dumps({"name": name, "arguments": _loads_or_raw(arguments)}).decode() + "</tool_call>"
+
+
+def tool_result_text(name: str | None, call_id: str | None, result: str) -> str:
+    """A tool's result as the conversation history shows it to the model."""
+    attributes = "".join(f' {key}="{value}"' for key, value in (("name", name), ("call_id", call_id)) if value)
+    return f"<tool_response{attributes}>{result}</tool_response>"
+
+
+def _loads_or_raw(arguments: str) -> Any:
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+
+
+# ---- reading calls ----------------------------------------------------------------------------------------
+
+
+def read_tool_calls(text: str, spec: AgentSpec) -> Reading:
+    """Read an answer for tool calls under `spec`'s rules (see the module docstring)."""
+    if not spec.offers_tools:
+        return Reading()
+    tools = {tool.name: tool for tool in spec.tools}
+    text = text.strip()
+    blocks = _CALL_BLOCK.findall(text)
+    if blocks:
+        prose = _CALL_BLOCK.sub("", text).strip()
+        if len(prose) > MAX_PROSE_AROUND_CALLS:
+            return Reading()
+        return _checked([_call_object(_strip_fence(block)) for block in blocks], tools, spec, canonical=True)
+    candidate = _bare_candidate(text)
+    if candidate is None:
+        return Reading()
+    objects = candidate if isinstance(candidate, list) else [candidate]
+    if not objects or not all(_looks_like_call(item) for item in objects):
+        return Reading()
+    if not all(item["name"] in tools for item in objects):
+        return Reading()  # JSON that names no tool of ours is an answer, not a call
+    return _checked(objects, tools, spec, canonical=False)
+
+
+def _bare_candidate(text: str) -> Any:
+    """The JSON of an answer that is nothing but JSON (bare or in fences); None for anything else."""
+    if _FENCES_ONLY.match(text):
+        values = [_json_or_none(body) for body in _ANY_FENCE.findall(text)]
+        if any(value is None for value in values):
+            return None
+        return values[0] if len(values) == 1 else [v for value in values for v in _as_list(value)]
+    if text[:1] in "{[":
+        return _json_or_none(text)
+    return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _looks_like_call(item: Any) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and ("arguments" in item or "parameters" in item)
+        and set(item) <= {"name", "arguments", "parameters", "id", "type"}
+    )
+
+
+def _strip_fence(block: str) -> str:
+    match = _WHOLE_FENCE.match(block.strip())
+    return match.group(1) if match else block
+
+
+def _call_object(block: str) -> Any:
+    value = _json_or_none(block)
+    return value if value is not None else block
+
+
+def _json_or_none(text: str) -> Any:
+    """Parse JSON; retry without Perplexity's `[n]` citation markers, which it may add after values."""
+    for attempt in (text, _MARKERS.sub("", text)):
+        try:
+            return orjson.loads(attempt)
+        except orjson.JSONDecodeError:
+            continue
+    return None
+
+
+def _checked(objects: list[Any], tools: dict[str, Tool], spec: AgentSpec, *, canonical: bool) -> Reading:
+    calls: list[ToolCall] = []
+    for item in objects:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            shown = item if isinstance(item, str) else orjson.dumps(item).decode()
+            return Reading(problem=f"a <tool_call> block is not a JSON object with a name: {_clip(shown)}")
+        name = item["name"]
+        tool = tools.get(name)
+        if tool is None:
+            return Reading(problem=f'there is no tool named "{name}"')
+        arguments, problem = _arguments(item, tool)
+        if problem is not None:
+            return Reading(problem=problem)
+        calls.append(ToolCall(new_call_id(), name, orjson.dumps(arguments).decode()))
+    if spec.choice == "named":
+        calls = [call for call in calls if call.name == spec.named]
+        if not calls:
+            return Reading(problem=f'the tool "{spec.named}" was not called')
+    if not spec.parallel:
+        calls = calls[:1]
+    return Reading(calls=tuple(calls))
+
+
+def _arguments(item: dict[str, Any], tool: Tool) -> tuple[Any, str | None]:
+    raw = item.get("arguments", item.get("parameters"))
+    if raw is None:
+        raw = {}
+    if isinstance(raw, str):
+        parsed = _json_or_none(raw) if raw.strip() else {}
+        if parsed is None:
+            return None, f'the arguments of "{tool.name}" are not valid JSON'
+        raw = parsed
+    if not isinstance(raw, dict):
+        return None, f'the arguments of "{tool.name}" are not a JSON object'
+    problem = _schema_problem(raw, tool.parameters)
+    if problem is not None:
+        return None, f'the arguments of "{tool.name}" do not match its parameters: {problem}'
+    return raw, None
+
+
+def _schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(value))
+    except jsonschema.exceptions.SchemaError as exc:
+        return f"the schema itself is invalid ({exc.message})"
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"{error.message}" + (f" (at {where})" if where else "")
+
+
+def _clip(text: str, size: int = 200) -> str:
+    return text if len(text) <= size else text[:size] + "…"
+
+
+# ---- reading JSON output ----------------------------------------------------------------------------------
+
+
+def read_json_output(text: str, output: OutputFormat) -> tuple[str | None, str | None]:
+    """The JSON an answer holds, as compact text, or a problem: (json_text, None) or (None, problem).
+
+    Fences and prose around the JSON are dropped, and so are citation markers, also inside its strings.
+    """
+    body = _json_body(text.strip())
+    value = _json_or_none(body) if body is not None else None
+    if value is None:
+        return None, "the answer holds no JSON value"
+    value = _without_markers(value)
+    if output.kind == "json_object" and not isinstance(value, dict):
+        return None, "the answer is JSON but not an object"
+    if output.kind == "json_schema" and output.schema is not None:
+        problem = _schema_problem(value, output.schema)
+        if problem is not None:
+            return None, f"the JSON does not match the schema: {problem}"
+    return orjson.dumps(value).decode(), None
+
+
+def _json_body(text: str) -> str | None:
+    whole = _WHOLE_FENCE.match(text)
+    if whole:
+        return whole.group(1)
+    if text[:1] in "{[":
+        return text
+    fenced = _ANY_FENCE.search(text)
+    if fenced:
+        return fenced.group(1)
+    starts = [index for index in (text.find("{"), text.find("[")) if index >= 0]
+    if not starts:
+        return None
+    start = min(starts)
+    end = max(text.rfind("}"), text.rfind("]"))
+    return text[start : end + 1] if end > start else None
+
+
+def _without_markers(value: Any) -> Any:
+    if isinstance(value, str):
+        return _MARKERS.sub("", value)
+    if isinstance(value, list):
+        return [_without_markers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _without_markers(item) for key, item in value.items()}
+    return value
+
+
+# ---- specs from request bodies ----------------------------------------------------------------------------
+
+
+def chat_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
+    """The AgentSpec of a Chat Completions body (`tools`/`tool_choice`, the older `functions`, `response_format`)."""
+    tools = [
+        Tool(f["name"], f.get("description") or "", f.get("parameters") or _EMPTY_PARAMETERS)
+        for f in [t["function"] for t in body.get("tools") or () if t.get("type") == "function"]
+        + list(body.get("functions") or ())
+    ]
+    choice = body.get("tool_choice")
+    if choice is None and body.get("function_call") is not None:
+        legacy = body["function_call"]
+        choice = {"type": "function", "function": legacy} if isinstance(legacy, dict) else legacy
+    fmt = body.get("response_format") or {}
+    output = None
+    if fmt.get("type") == "json_object":
+        output = OutputFormat("json_object")
+    elif fmt.get("type") == "json_schema":
+        details = fmt.get("json_schema") or {}
+        output = OutputFormat("json_schema", details.get("schema"), details.get("name"))
+    return _spec(tools, choice, body.get("parallel_tool_calls"), output)
+
+
+def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
+    """The AgentSpec of a Responses body: flat function tools, `tool_choice`, `text.format`."""
+    tools = [
+        Tool(t["name"], t.get("description") or "", t.get("parameters") or _EMPTY_PARAMETERS)
+        for t in body.get("tools") or ()
+        if t.get("type") == "function" and isinstance(t.get("name"), str)
+    ]
+    fmt = (body.get("text") or {}).get("format") or {}
+    output = None
+    if fmt.get("type") == "json_object":
+        output = OutputFormat("json_object")
+    elif fmt.get("type") == "json_schema":
+        output = OutputFormat("json_schema", fmt.get("schema"), fmt.get("name"))
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+        choice = {"type": "function", "function": {"name": choice["name"]}}  # Responses names the tool flat
+    return _spec(tools, choice, body.get("parallel_tool_calls"), output)
+
+
+_EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def _spec(tools: list[Tool], choice: Any, parallel: bool | None, output: OutputFormat | None) -> AgentSpec | None:
+    mode, named = "auto", None
+    if isinstance(choice, str) and choice in ("auto", "none", "required"):
+        mode = choice
+    elif isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind == "function":
+            mode, named = "named", (choice.get("function") or {}).get("name")
+        elif kind == "allowed_tools":
+            allowed = choice.get("allowed_tools") or {}
+            names = {_tool_name(t) for t in allowed.get("tools") or ()}
+            tools = [tool for tool in tools if tool.name in names]
+            mode = "required" if allowed.get("mode") == "required" else "auto"
+    if mode == "named" and named not in {tool.name for tool in tools}:
+        message = f"tool_choice names the function '{named}', which is not among the request's tools."
+        raise APIError(400, message, code="invalid_value", param="tool_choice")
+    spec = AgentSpec(tuple(tools), mode, named, parallel is not False, output)
+    return spec if spec.offers_tools or output is not None else None
+
+
+def _tool_name(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    return entry.get("name") or (entry.get("function") or {}).get("name")
