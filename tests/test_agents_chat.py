@@ -10,6 +10,7 @@ import pytest
 from perplexity.testing import Reply
 
 from .openapi import validate
+from .test_chat_api import raw_events
 
 WEATHER = {
     "type": "function",
@@ -178,3 +179,94 @@ def test_json_output_repair_then_failure(fake, sdk) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         sdk.chat.completions.create(model="perplexity-auto", messages=ASK, response_format={"type": "json_object"})
     assert caught.value.status_code == 502 and caught.value.body["code"] == "invalid_json_output"
+
+
+# ---- streams ------------------------------------------------------------------------------------
+
+
+def stream_chunks(server, body: dict) -> list[dict]:
+    """The chunks of a streamed chat (each checked against the spec), without [DONE]; asserts it ended so."""
+    _, data = raw_events(server, {**body, "stream": True})
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    return chunks
+
+
+def streamed_content(chunks: list[dict]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_a_streamed_tool_call_is_held_and_sent_as_tool_call_deltas(fake, live_server) -> None:
+    note = "x" * 300  # long arguments arrive in several fragments, as a model streams them
+    fake.enqueue(Reply(answer=call("get_weather", city="Paris", note=note), chunk_size=7))
+    loose = {**WEATHER, "function": {**WEATHER["function"], "parameters": {"type": "object"}}}
+    chunks = stream_chunks(live_server, {"model": "perplexity-auto", "messages": ASK, "tools": [loose]})
+    assert "tool_call" not in streamed_content(chunks)  # nothing of the protocol leaks as text
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["role"] == "assistant"
+    fragments = [t for d in deltas for t in d.get("tool_calls") or ()]
+    assert len(fragments) > 2 and all(t["index"] == 0 for t in fragments)
+    assert fragments[0]["id"].startswith("call_") and fragments[0]["function"]["name"] == "get_weather"
+    arguments = "".join(t["function"].get("arguments") or "" for t in fragments)
+    assert json.loads(arguments) == {"city": "Paris", "note": note}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_sdk_stream_helper_reassembles_parallel_calls(fake, sdk) -> None:
+    fake.enqueue(Reply(answer=call("get_weather", city="Paris") + "\n" + call("get_time", city="Rome"), chunk_size=5))
+    with sdk.chat.completions.stream(model="perplexity-auto", messages=ASK, tools=[WEATHER, TIME]) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+    assert calls == [("get_weather", {"city": "Paris"}), ("get_time", {"city": "Rome"})]
+    assert len({c.id for c in choice.message.tool_calls}) == 2
+
+
+def test_long_prose_streams_as_text_at_once_and_short_text_after_the_hold(fake, live_server) -> None:
+    prose = " ".join(["Paris is sunny today."] * 30)
+    fake.enqueue(Reply(answer=prose, chunk_size=20, frame_delay=0.01))
+    chunks = stream_chunks(live_server, {"model": "perplexity-auto", "messages": ASK, "tools": [WEATHER]})
+    content_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert streamed_content(chunks) == prose and len(content_chunks) > 5  # released early, then streamed as is
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    fake.enqueue(Reply(answer="Sunny.", chunk_size=2))
+    chunks = stream_chunks(live_server, {"model": "perplexity-auto", "messages": ASK, "tools": [WEATHER]})
+    assert streamed_content(chunks) == "Sunny." and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_streamed_required_call_is_repaired_on_the_same_thread(fake, live_server) -> None:
+    fake.enqueue(Reply(answer="Probably sunny."), Reply(answer=call("get_weather", city="Paris")))
+    body = {"model": "perplexity-auto", "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    chunks = stream_chunks(live_server, body)
+    assert streamed_content(chunks) == ""
+    calls = [t for c in chunks if c["choices"] for t in c["choices"][0]["delta"].get("tool_calls") or ()]
+    assert calls[0]["function"]["name"] == "get_weather"
+    first, repair = fake.asks[-2:]
+    assert repair.thread == first.thread and repair.json["params"]["query_source"] == "followup"
+
+
+def test_a_streamed_failure_after_repair_is_one_error_event(fake, live_server) -> None:
+    fake.enqueue(Reply(answer="No."), Reply(answer="Still no."))
+    body = {"model": "perplexity-auto", "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    _, data = raw_events(live_server, {**body, "stream": True})
+    error = json.loads(data[-1])["error"]
+    assert error["code"] == "tool_call_failed" and "Still no." in error["message"]
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert "[DONE]" not in data and streamed_content(chunks) == ""
+
+
+def test_streamed_json_output_is_the_extracted_json(fake, live_server, sdk) -> None:
+    fake.enqueue(Reply(answer='```json\n{"name": "Ada [1]", "age": 36}\n```', chunk_size=4))
+    chunks = stream_chunks(live_server, {"model": "perplexity-auto", "messages": ASK, "response_format": PERSON})
+    assert json.loads(streamed_content(chunks)) == {"name": "Ada", "age": 36}
+    assert chunks[-1]["citations"] and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    fake.enqueue(Reply(answer='{"name": "Ada", "age": 36}', chunk_size=4))
+    with sdk.chat.completions.stream(model="perplexity-auto", messages=ASK, response_format=PERSON) as stream:
+        for _ in stream:
+            pass
+        assert json.loads(stream.get_final_completion().choices[0].message.content)["age"] == 36

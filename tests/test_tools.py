@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from api.core.agent import AnswerGate
 from api.core.errors import APIError
 from api.core.messages import read_messages
 from api.core.tools import (
@@ -19,6 +21,7 @@ from api.core.tools import (
     read_tool_calls,
     responses_agent_spec,
 )
+from api.core.turn import Piece
 
 WEATHER = Tool(
     "get_weather",
@@ -267,3 +270,49 @@ def test_history_shows_calls_and_results_in_the_protocol_form() -> None:
         "tool",
         '<tool_response name="get_weather" call_id="call_1">21 C, sunny</tool_response>',
     )
+
+
+# ---- the stream gate --------------------------------------------------------------------------------------
+
+
+def gate_after(spec: AgentSpec | None, *texts: str) -> tuple[AnswerGate, str]:
+    """Feed `texts` as content one by one; the gate and the content it let out."""
+    gate, turn, sent = AnswerGate(spec), SimpleNamespace(content=""), []
+    for text in texts:
+        turn.content += text
+        sent += [piece.text for piece in gate.feed(turn, [Piece("content", text)]) if piece.kind == "content"]
+    return gate, "".join(sent)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ("<tool", '_call>{"name": "get_weather"'),
+        ("<tool_call>", "x" * 400),  # a call tag: held whatever follows
+        ("{", '"name": "get_weather", "arguments": {"city": "' + "x" * 300),
+        ("```", "json\n{"),
+        ("```\n", "{" + "x" * 300),
+        ("Let me check the weather first.\n", "<tool_call>"),
+        ("Short remark ",),  # still short enough to sit beside a call
+    ],
+)
+def test_the_gate_holds_what_may_be_a_call(texts: tuple[str, ...]) -> None:
+    gate, sent = gate_after(SPEC, *texts)
+    assert gate.held and sent == ""
+
+
+def test_the_gate_releases_long_prose_with_everything_held_so_far() -> None:
+    head, tail = "Paris is sunny. " * 10, "x" * (MAX_PROSE_AROUND_CALLS - 150)
+    gate, sent = gate_after(SPEC, head, tail, " more")
+    assert not gate.held and sent == head + tail + " more"
+    gate, sent = gate_after(SPEC, "```python\n", "print('hi')\n" * 30)  # code, not a JSON fence
+    assert not gate.held and sent.startswith("```python")
+
+
+def test_the_gate_holds_everything_for_output_formats_and_required_calls() -> None:
+    long_prose = "Paris is sunny. " * 40
+    for spec in (AgentSpec(output=OutputFormat("json_object")), AgentSpec((WEATHER,), choice="required")):
+        assert gate_after(spec, long_prose)[0].held
+    gate, sent = gate_after(None, "<tool_call>")  # no agent: nothing is held
+    assert not gate.held and sent == "<tool_call>"
+    assert not gate_after(AgentSpec((WEATHER,), choice="none"), "{")[0].held

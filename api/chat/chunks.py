@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..core.agent import AgentOutcome, AgentStream, fragments
 from ..core.completion import CompletionMeta, chunk, extras, usage
 from ..core.streaming import turn_pieces
 from ..core.turn import ChatTurn
@@ -60,19 +61,25 @@ def chat_chunks(
     *,
     prompt_text: str,
     include_usage: bool,
-    on_done: Callable[[ChatTurn], None],
+    on_done: Callable[[AgentOutcome], None],
+    agent: AgentStream | None = None,
 ) -> Iterator[bytes]:
     """The chat completion SSE body: role chunk, deltas, finish chunk, optional usage chunk, [DONE].
 
+    With `agent` (tools or structured output) an answer that may be a call is held back by its gate and sent
+    once settled: as `tool_calls` deltas, as the JSON output, or as the text it turned out to be.
     Failures are not handled here: `api.steps.answer` runs this body and ends a broken stream.
     """
     yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
     started = first_token = False
     encoder = ChunkEncoder(meta, with_usage=include_usage)
+    role = {"role": "assistant"} if agent is not None else {"role": "assistant", "content": ""}
     for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
         if pieces is None:
             yield PING
             continue
+        if agent is not None and agent.gate.held:
+            pieces = agent.gate.feed(turn, pieces)
         out: list[bytes] = []
         for piece in pieces:
             kind = piece.kind
@@ -80,7 +87,7 @@ def chat_chunks(
                 encoder.set_fields(extras(turn, meta, final=False))  # they ride on this and later chunks
             if not started:
                 started = True
-                out.append(encoder.delta({"role": "assistant", "content": ""}))
+                out.append(encoder.delta(role))
             if kind == "content":
                 out.append(encoder.content(piece.text))
                 if not first_token:
@@ -91,20 +98,59 @@ def chat_chunks(
             # "finish" is sent once, by _closing
         if out:
             yield b"".join(out)
-    yield _closing(turn, meta, prompt_text, include_usage, started)
-    on_done(turn)
+    outcome = AgentOutcome(turn)
+    if agent is not None:
+        outcome = yield from _settled(agent, turn, encoder)
+        if not agent.gate.released:  # held to the end: the settled answer goes out now
+            if not started:
+                started = True
+                yield encoder.delta(role)
+            yield b"".join(_settled_deltas(outcome, encoder))
+            hooks.first_token()
+    yield _closing(outcome, meta, prompt_text, include_usage, started)
+    on_done(outcome)
 
 
-def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usage: bool, started: bool) -> bytes:
+def _settled(agent: AgentStream, turn: ChatTurn, encoder: ChunkEncoder) -> Generator[bytes, None, AgentOutcome]:
+    """Run the agent's settling (a repair turn, if any): its reasoning as deltas, pings in its silences."""
+    steps = agent.finish(turn)
+    while True:
+        try:
+            pieces = next(steps)
+        except StopIteration as done:
+            return done.value
+        if pieces is None:
+            yield PING
+        elif pieces:
+            yield b"".join(encoder.delta({"reasoning_content": p.text, "reasoning": p.text}) for p in pieces)
+
+
+def _settled_deltas(outcome: AgentOutcome, encoder: ChunkEncoder) -> Iterator[bytes]:
+    """A held answer's deltas: each tool call (id, name, then its arguments in fragments), or the content."""
+    for index, call in enumerate(outcome.calls):
+        head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        yield encoder.delta({"tool_calls": [head]})
+        for fragment in fragments(call.arguments):
+            yield encoder.delta({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+    if not outcome.calls:
+        for fragment in fragments(outcome.content or ""):
+            yield encoder.content(fragment)
+
+
+def _closing(
+    outcome: AgentOutcome, meta: CompletionMeta, prompt_text: str, include_usage: bool, started: bool
+) -> bytes:
+    turn = outcome.turn
     parts = []
     if not started:
         parts.append(encode(chunk(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)))
     fields = extras(turn, meta, final=True)
-    annotations = turn.annotations
+    # Annotations index into the answer text: they hold only when that text is what was sent.
+    annotations = turn.annotations if outcome.is_text else []
     # Not in the spec's delta schema, but OpenRouter-style clients read annotations from a late delta.
     delta: dict[str, Any] = {"annotations": annotations} if annotations else {}
     parts.append(
-        encode(chunk(meta, delta, finish_reason=turn.finish_reason or "stop", fields=fields, with_usage=include_usage))
+        encode(chunk(meta, delta, finish_reason=outcome.finish_reason, fields=fields, with_usage=include_usage))
     )
     if include_usage:
         body = chunk(meta, {}, fields=None)

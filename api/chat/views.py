@@ -9,7 +9,7 @@ from flask import Blueprint, Response
 
 from schemas import ChatCompletionRequestSchema, ConversationDeletedSchema, ConversationListSchema
 
-from ..core.agent import settle
+from ..core.agent import AgentOutcome, AgentStream, settle
 from ..core.completion import completion
 from ..core.errors import APIError
 from ..core.tools import chat_agent_spec
@@ -43,22 +43,21 @@ def create_chat_completion() -> Response:
     meta, turn = completion_meta(prepared, body), ChatTurn(turn_limits(body))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-    def remember(done: ChatTurn) -> None:
-        service.remember(prepared, done.thread, done.content, done.title)
+    def remember(outcome: AgentOutcome) -> None:
+        done = outcome.turn
+        service.remember(prepared, done.thread, outcome.history_text, done.title)
 
     def sse(upstream: AskStream, hooks: StreamHooks) -> Iterator[bytes]:
+        agent_stream = AgentStream(service, prepared, hooks.heartbeat, hooks.gone) if agent is not None else None
         return chat_chunks(
             upstream, turn, meta, hooks, prompt_text=prepared.prompt_text, include_usage=include_usage,
-            on_done=remember,
+            on_done=remember, agent=agent_stream,
         )  # fmt: skip
 
     def whole() -> Response:
-        if agent is None:
-            remember(turn)
-            return json_response(completion(turn, meta, prepared.prompt_text), headers)
-        outcome = settle(service, prepared, turn)
+        outcome = settle(service, prepared, turn) if agent is not None else AgentOutcome(turn)
+        remember(outcome)
         done = outcome.turn
-        service.remember(prepared, done.thread, outcome.history_text, done.title)
         body = completion(done, meta, prepared.prompt_text, calls=outcome.calls, content=outcome.json_text)
         return json_response(body, headers)
 

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from perplexity.stream import AskStream
 
 from .errors import APIError
 from .service import ChatService, PreparedAsk
-from .streaming import read_whole
-from .tools import AgentSpec, ToolCall, call_text, read_json_output, read_tool_calls
-from .turn import ChatTurn
+from .streaming import read_whole, turn_pieces
+from .tools import MAX_PROSE_AROUND_CALLS, AgentSpec, ToolCall, call_text, read_json_output, read_tool_calls
+from .turn import ChatTurn, Piece
 
-__all__ = ["AgentOutcome", "raw_answer", "read_answer", "settle"]
+__all__ = [
+    "AgentOutcome",
+    "AgentStream",
+    "AnswerGate",
+    "FRAGMENT_SIZE",
+    "fragments",
+    "raw_answer",
+    "read_answer",
+    "settle",
+    "settle_stream",
+]
 
 _SHOWN_TEXT = 500  # characters of the model's answer quoted in a failure message
+# A settled answer is sent in pieces of this many characters, as a model streams it (clients reassemble them).
+FRAGMENT_SIZE = 128
+
+
+def fragments(text: str, size: int = FRAGMENT_SIZE) -> list[str]:
+    """`text` in pieces of at most `size` characters (none for an empty text)."""
+    return [text[start : start + size] for start in range(0, len(text), size)]
 
 
 @dataclass(slots=True)
@@ -34,6 +52,11 @@ class AgentOutcome:
         if self.calls:
             return None
         return self.json_text if self.json_text is not None else self.turn.content
+
+    @property
+    def is_text(self) -> bool:
+        """True when the answer goes out as the text it is (neither calls nor JSON output)."""
+        return not self.calls and self.json_text is None
 
     @property
     def finish_reason(self) -> str:
@@ -80,6 +103,27 @@ def settle(service: ChatService, prepared: PreparedAsk, turn: ChatTurn) -> Agent
 
     Still not usable: a 502 APIError (`tool_call_failed` or `invalid_json_output`) quoting the model's answer.
     """
+    steps = settle_stream(service, prepared, turn, heartbeat=None)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def settle_stream(
+    service: ChatService,
+    prepared: PreparedAsk,
+    turn: ChatTurn,
+    *,
+    heartbeat: float | None,
+    gone: Callable[[], bool] | None = None,
+) -> Generator[list[Piece] | None, None, AgentOutcome]:
+    """`settle` for a stream: while a repair turn runs it yields its reasoning pieces, and None after each
+    `heartbeat` s of silence (so the stream can ping and notice a departed client); returns the outcome.
+
+    With `heartbeat` None the repair is read whole and nothing is yielded.
+    """
     spec = prepared.agent
     assert spec is not None
     outcome, problem, kind = read_answer(turn, spec)
@@ -89,7 +133,12 @@ def settle(service: ChatService, prepared: PreparedAsk, turn: ChatTurn) -> Agent
         query = spec.tool_repair(problem or "") if kind == "tool_call_failed" else spec.output_repair(problem or "")
         repaired = ChatTurn(turn.limits)
         stream: AskStream = service.follow_up(prepared, turn.thread, query)
-        read_whole(stream, repaired)
+        with stream:
+            if heartbeat is None:
+                read_whole(stream, repaired)
+            else:
+                for pieces in turn_pieces(stream, repaired, heartbeat, gone):
+                    yield None if pieces is None else [piece for piece in pieces if piece.kind == "reasoning"]
         outcome, problem, kind = read_answer(repaired, spec)
         if outcome is not None:
             return outcome
@@ -99,3 +148,77 @@ def settle(service: ChatService, prepared: PreparedAsk, turn: ChatTurn) -> Agent
     what = "a valid tool call" if kind == "tool_call_failed" else "the JSON output asked for"
     message = f"The model did not produce {what} after one repair turn ({problem}). Its answer: {shown}"
     raise APIError(502, message, type="server_error", code=kind)
+
+
+class AnswerGate:
+    """Decides, as a streamed answer arrives, whether its text may go out now or must be held back.
+
+    An answer that may be a tool call is held, so no `<tool_call>` text ever reaches the client: it may be one
+    when it starts like a call (a tag, a fence, a JSON value) or is still short enough to be a remark beside
+    one (`MAX_PROSE_AROUND_CALLS`). Longer prose without a call tag is text by the reader's own rule and is
+    released at once. Structured output and a required call are held whole. Reasoning and sources always pass.
+    """
+
+    __slots__ = ("_spec", "released")
+
+    def __init__(self, spec: AgentSpec | None) -> None:
+        self._spec = spec
+        # Nothing to hold: no tools offered (or tool_choice none) and no output format.
+        self.released = spec is None or (not spec.offers_tools and spec.output is None)
+
+    @property
+    def held(self) -> bool:
+        """True while the answer's content is being kept back."""
+        return not self.released
+
+    def feed(self, turn: ChatTurn, pieces: list[Piece]) -> list[Piece]:
+        """The pieces to send now; when the gate opens, the content held so far comes out as one piece."""
+        if self.released:
+            return pieces
+        out = [piece for piece in pieces if piece.kind != "content"]
+        if any(piece.kind == "content" for piece in pieces) and self._is_text(turn.content):
+            self.released = True
+            out.append(Piece("content", turn.content))
+        return out
+
+    def _is_text(self, content: str) -> bool:
+        spec = self._spec
+        if spec is None or spec.output is not None or spec.must_call:
+            return False
+        text = content.lstrip()
+        if not text or "<tool_call" in text or _could_open_call(text):
+            return False
+        return len(text) > MAX_PROSE_AROUND_CALLS
+
+
+def _could_open_call(text: str) -> bool:
+    """True when `text` starts like a call: JSON, a (possibly unfinished) `<tool_call>` tag or a JSON fence."""
+    if text[0] in "{[":
+        return True
+    if text.startswith("<"):
+        return "<tool_call>".startswith(text[:11])
+    if text.startswith("```"):
+        line_end = text.find("\n")
+        language = text[3 : line_end if line_end >= 0 else None].strip().lower()
+        return language in ("", "json") or line_end < 0 and "json".startswith(language)
+    return False
+
+
+class AgentStream:
+    """The agent side of one streamed answer: a gate over its pieces, then the outcome once it finished."""
+
+    __slots__ = ("gate", "_service", "_prepared", "_heartbeat", "_gone")
+
+    def __init__(
+        self, service: ChatService, prepared: PreparedAsk, heartbeat: float, gone: Callable[[], bool] | None
+    ) -> None:
+        self.gate = AnswerGate(prepared.agent)
+        self._service, self._prepared, self._heartbeat, self._gone = service, prepared, heartbeat, gone
+
+    def finish(self, turn: ChatTurn) -> Generator[list[Piece] | None, None, AgentOutcome]:
+        """Settle the finished answer (see `settle_stream`); text the gate already let out stays text."""
+        if self.gate.released:
+            return AgentOutcome(turn)
+        return (
+            yield from settle_stream(self._service, self._prepared, turn, heartbeat=self._heartbeat, gone=self._gone)
+        )

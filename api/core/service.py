@@ -59,8 +59,9 @@ class PreparedAsk:
 
     @property
     def prompt_text(self) -> str:
-        """The text usage counts as prompt: instructions and every turn sent."""
-        return "\n".join(text for _, text in self.transcript.keyed_turns())
+        """The text usage counts as prompt: instructions, every turn sent and the agent section."""
+        texts = [text for _, text in self.transcript.keyed_turns()]
+        return "\n".join([*texts, self.agent.section()] if self.agent is not None else texts)
 
 
 class ChatService:
