@@ -10,7 +10,7 @@ from schemas.chat import REASONING_EFFORTS, StreamOptionsSchema
 from schemas.common import REQUIRED, RequestPartSchema, array, boolean, choice, integer, mapping, nested, number, string
 from schemas.options import PerplexityOptionsSchema
 
-__all__ = ["CreateResponseRequestSchema", "InputItemsField"]
+__all__ = ["WEB_SEARCH_TOOLS", "CreateResponseRequestSchema", "InputItemsField"]
 
 INPUT_ROLES = ("user", "assistant", "system", "developer")
 MIN_OUTPUT_TOKENS = 16  # OpenAI rejects smaller max_output_tokens; so do we, to behave alike
@@ -174,11 +174,21 @@ class ReasoningItemSchema(RequestPartSchema):
     summary = array(mapping(allow_none=False))
 
 
+class WebSearchCallItemSchema(RequestPartSchema):
+    """A web search this server reported in an earlier answer; clients replay their output. Not sent upstream."""
+
+    type = string(required=True)
+    id = string()
+    status = string()
+    action = mapping()
+
+
 _ITEM_SCHEMAS: dict[str, RequestPartSchema] = {
     "message": MessageItemSchema(),
     "function_call": FunctionCallItemSchema(),
     "function_call_output": FunctionCallOutputItemSchema(),
     "reasoning": ReasoningItemSchema(),
+    "web_search_call": WebSearchCallItemSchema(),
 }
 
 
@@ -235,9 +245,45 @@ def _unsupported(name: str, hint: str) -> Any:
 
 
 class TextFormatSchema(RequestPartSchema):
-    """`text.format`: echoed back; Perplexity's web app has no constrained decoding to apply it with."""
+    """`text.format`: text, json_object or json_schema (flat: `name`, `schema`, `strict`), as chat's response_format."""
 
     type = choice("text", "json_object", "json_schema", required=True)
+    name = string()
+    schema = mapping()
+    strict = boolean()
+
+    @validates_schema
+    def _require_schema(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["type"] == "json_schema" and data.get("schema") is None:
+            raise ValidationError(REQUIRED, "schema")
+
+
+# Built-in tool types answered natively: Perplexity searches the web for every answer.
+WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
+
+
+class ToolSchema(RequestPartSchema):
+    """One entry of `tools`: a function tool (flat: `name`, `description`, `parameters`, `strict`) or web search.
+
+    Other built-in tools (file search, code interpreter, computer use, MCP, ...) need OpenAI's own machinery: a
+    request naming one is refused, rather than answered as if the tool had run.
+    """
+
+    type = string(required=True)
+    name = string()
+    description = string()
+    parameters = mapping()
+    strict = boolean()
+
+    @validates_schema
+    def _check_type(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind = data["type"]
+        if kind == "function":
+            if not data.get("name"):
+                raise ValidationError(REQUIRED, "name")
+        elif kind not in WEB_SEARCH_TOOLS:
+            supported = ", ".join(("function", *WEB_SEARCH_TOOLS))
+            raise ValidationError(f"tools of type {kind!r} are not supported (use: {supported}).", "type")
 
 
 class TextConfigSchema(RequestPartSchema):
@@ -277,7 +323,7 @@ class CreateResponseRequestSchema(PerplexityOptionsSchema):
     temperature = number(0, 2)
     top_p = number(0, 1)
     top_logprobs = integer(validate=validate.Range(0, 20, error="must be between {min} and {max}."))
-    tools = array(mapping(allow_none=False))
+    tools = array(nested(ToolSchema, allow_none=False))
     tool_choice = fields.Raw(allow_none=True)
     parallel_tool_calls = boolean()
     text = nested(TextConfigSchema)

@@ -10,6 +10,7 @@ import openai
 import pytest
 import requests
 
+from api.core.agent import AgentOutcome
 from api.core.completion import CompletionMeta
 from api.core.turn import ChatTurn, TurnLimits
 from api.responses.events import ResponseEvents
@@ -350,8 +351,8 @@ def test_late_reasoning_becomes_a_second_item_after_the_message():
     events = ResponseEvents(ResponseMeta(CompletionMeta(model="perplexity-auto"), echo_fields({})))
     frames = [events.start()]
     for update in (ReasoningDelta("Plan\n"), AnswerDelta("Hello"), ReasoningDelta("Late step\n"), AnswerDelta("!")):
-        frames += events.feed(turn.feed(update))
-    closing, response = events.finish(turn, "Hi")
+        frames += events.feed(turn.feed(update), turn)
+    closing, response = events.finish(AgentOutcome(turn), "Hi")
     decoded = _decode([*frames, closing, events.final(response)])
     added = [(e["output_index"], e["item"]["type"]) for e in decoded if e["type"] == "response.output_item.added"]
     done = [(e["output_index"], e["item"]["type"]) for e in decoded if e["type"] == "response.output_item.done"]
@@ -367,7 +368,7 @@ def test_late_reasoning_becomes_a_second_item_after_the_message():
 def test_a_failure_keeps_the_open_message_as_incomplete():
     turn = ChatTurn(TurnLimits())
     events = ResponseEvents(ResponseMeta(CompletionMeta(model="perplexity-auto"), echo_fields({"store": False})))
-    frames = [events.start(), *events.feed(turn.feed(AnswerDelta("Half an ans")))]
+    frames = [events.start(), *events.feed(turn.feed(AnswerDelta("Half an ans")), turn)]
     failed = events.failed(RuntimeError("boom"), turn)
     decoded = _decode([*frames, events.event("response.failed", response=failed)])
     assert decoded[-1]["response"]["output"][0]["status"] == "incomplete"

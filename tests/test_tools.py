@@ -272,6 +272,16 @@ def test_history_shows_calls_and_results_in_the_protocol_form() -> None:
     )
 
 
+def test_reasoning_echoed_back_in_an_assistant_turn_is_dropped() -> None:
+    """Clients wrap earlier reasoning in <think> inside the turn; the turn must still match the remembered answer."""
+    echoed = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nSearching the web\n</think>\n\nHello [1]."},
+        {"role": "user", "content": "More?"},
+    ]
+    assert read_messages(echoed).turns[1] == ("assistant", "Hello [1].")
+
+
 # ---- the stream gate --------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,9 @@ from .tools import call_text, tool_result_text
 __all__ = ["Attachment", "Transcript", "flatten_query", "read_messages"]
 
 _DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,(?P<data>.*)$", re.S)
+# Reasoning a client echoes back inside an assistant turn (Open WebUI, pydantic-ai and others wrap it so): it
+# was never part of the answer, so it is dropped, and the turn matches the answer remembered for its thread.
+_THINK = re.compile(r"<think>.*?</think>\s*", re.S)
 _ROLE_NAMES = {"user": "User", "assistant": "Assistant", "tool": "Tool result", "function": "Tool result"}
 
 
@@ -133,6 +136,7 @@ def read_messages(messages: list[dict[str, Any]]) -> Transcript:
                 system.append(text)
             continue
         if role == "assistant":
+            text = _THINK.sub("", text).strip() if "<think>" in text else text
             text = "\n".join(t for t in (text, _tool_calls_text(message, names)) if t)
         elif role in ("tool", "function"):
             call_id = message.get("tool_call_id")

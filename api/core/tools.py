@@ -396,7 +396,11 @@ def chat_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
 
 
 def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
-    """The AgentSpec of a Responses body: flat function tools, `tool_choice`, `text.format`."""
+    """The AgentSpec of a Responses body: flat function tools, `tool_choice`, `text.format`.
+
+    Web search tools are not part of it: Perplexity searches anyway, and the Responses family reports the search
+    as a `web_search_call` item. A tool choice that names a built-in tool is the same as "auto".
+    """
     tools = [
         Tool(t["name"], t.get("description") or "", t.get("parameters") or _EMPTY_PARAMETERS)
         for t in body.get("tools") or ()
@@ -408,10 +412,37 @@ def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
         output = OutputFormat("json_object")
     elif fmt.get("type") == "json_schema":
         output = OutputFormat("json_schema", fmt.get("schema"), fmt.get("name"))
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
-        choice = {"type": "function", "function": {"name": choice["name"]}}  # Responses names the tool flat
-    return _spec(tools, choice, body.get("parallel_tool_calls"), output)
+    return _spec(tools, _chat_choice(body.get("tool_choice")), body.get("parallel_tool_calls"), output)
+
+
+def _chat_choice(choice: Any) -> Any:
+    """A Responses `tool_choice` in the chat form `_spec` reads (Responses names tools flat)."""
+    if choice is None or isinstance(choice, str):
+        if choice not in (None, "auto", "none", "required"):
+            raise APIError(400, _CHOICE_HINT, code="invalid_value", param="tool_choice")
+        return choice
+    if not isinstance(choice, dict):
+        raise APIError(400, _CHOICE_HINT, code="invalid_value", param="tool_choice")
+    kind = choice.get("type")
+    if kind == "function":
+        if not isinstance(choice.get("name"), str):
+            raise APIError(400, "tool_choice of type 'function' needs a 'name'.", param="tool_choice.name")
+        return {"type": "function", "function": {"name": choice["name"]}}
+    if kind == "allowed_tools":
+        tools = choice.get("tools")
+        if not isinstance(tools, list) or choice.get("mode") not in ("auto", "required"):
+            message = "tool_choice of type 'allowed_tools' needs 'mode' (auto or required) and a 'tools' array."
+            raise APIError(400, message, code="invalid_value", param="tool_choice")
+        return {"type": "allowed_tools", "allowed_tools": {"mode": choice["mode"], "tools": tools}}
+    if isinstance(kind, str) and kind.startswith("web_search"):
+        return "auto"
+    raise APIError(400, _CHOICE_HINT, code="invalid_value", param="tool_choice")
+
+
+_CHOICE_HINT = (
+    "tool_choice must be 'none', 'auto', 'required', {\"type\": \"function\", \"name\": ...}, "
+    '{"type": "allowed_tools", ...} or a web search tool.'
+)
 
 
 _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}

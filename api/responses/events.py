@@ -1,10 +1,11 @@
 """The Responses API event stream: a ChatTurn's pieces as numbered `event:`/`data:` frames, always closed properly.
 
 Order of output items: a reasoning item opens at the first reasoning text and closes when the answer starts;
-the message item follows. Reasoning that arrives once the answer has started (Perplexity may finish a plan step
-late) is held back and sent as a second reasoning item after the message, so no two items are ever open at
-once and `response.completed` lists exactly the items sent in `response.output_item.done` (Codex builds its
-history from those).
+a `web_search_call` item (when the request offered a web search tool) is sent whole once the sources are known,
+or before the answer; the message item, or the function calls of an agent turn, follow. Reasoning that arrives
+once the answer has started (Perplexity may finish a plan step late) is held back and sent as a second reasoning
+item after the message, so no two items are ever open at once and `response.completed` lists exactly the items
+sent in `response.output_item.done` (Codex builds its history from those).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..core.agent import AgentOutcome, AgentStream, fragments
 from ..core.streaming import turn_pieces
+from ..core.tools import ToolCall
 from ..core.turn import ChatTurn, Piece
 from ..edge.errors import to_api_error
 from ..edge.sse import PING, encode
 from .objects import (
     ResponseMeta,
+    function_call_item,
     message_item,
     new_id,
     output_text,
@@ -27,6 +31,7 @@ from .objects import (
     response_status,
     response_usage,
     url_citations,
+    web_search_item,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +54,7 @@ class ResponseEvents:
         self._late_reasoning = ""
         self._message_open = False
         self._message_done = False
+        self._searched = meta.search_query is None  # True once the web_search_call item was sent (or not wanted)
 
     def event(self, kind: str, **fields: Any) -> bytes:
         """One numbered event."""
@@ -61,8 +67,8 @@ class ResponseEvents:
         snapshot = response_object(self.meta, None, status="in_progress", output=[])
         return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
 
-    def feed(self, pieces: list[Piece]) -> list[bytes]:
-        """The events for the turn's new pieces (sources and finish show up only in the final response)."""
+    def feed(self, pieces: list[Piece], turn: ChatTurn) -> list[bytes]:
+        """The events for the turn's new pieces (sources show up in the web search item and the final response)."""
         out: list[bytes] = []
         for piece in pieces:
             if piece.kind == "reasoning" and self._message_open:
@@ -70,13 +76,26 @@ class ResponseEvents:
             elif piece.kind == "reasoning":
                 out += self._reasoning_delta(piece.text)
             elif piece.kind == "content":
-                out += self._text_delta(piece.text)
+                out += self._search(turn) + self._text_delta(piece.text)
+            elif piece.kind == "sources" and not self._message_open:
+                out += self._search(turn)
         return out
 
-    def finish(self, turn: ChatTurn, prompt_text: str) -> tuple[bytes, dict[str, Any]]:
-        """Close every item; return those events and the final response (sent by `final` once it is stored)."""
-        out = self._close_reasoning() + self._open_message()  # an empty answer still gets its message item
-        out += self._close_message(turn)
+    def finish(self, outcome: AgentOutcome, prompt_text: str, *, held: bool = False) -> tuple[bytes, dict[str, Any]]:
+        """Close every item; return those events and the final response (sent by `final` once it is stored).
+
+        `held`: the answer's text was kept back (an agent turn), so the calls or the text it settled as go now.
+        """
+        turn = outcome.turn
+        out = self._close_reasoning() + self._search(turn)
+        if outcome.calls:
+            for call in outcome.calls:
+                out += self._function_call(call)
+        else:
+            for fragment in fragments(outcome.content or "") if held else ():
+                out += self._text_delta(fragment)
+            out += self._open_message()  # an empty answer still gets its message item
+            out += self._close_message(outcome)
         if self._late_reasoning:
             out += self._reasoning_delta(self._late_reasoning) + self._close_reasoning()
         status = response_status(turn)
@@ -149,22 +168,75 @@ class ResponseEvents:
         out.append(self.event("response.output_text.delta", **self._text_at(), delta=text, logprobs=[]))
         return out
 
-    def _close_message(self, turn: ChatTurn) -> list[bytes]:
-        at, annotations = self._text_at(), url_citations(turn)
+    def _close_message(self, outcome: AgentOutcome) -> list[bytes]:
+        turn, text = outcome.turn, outcome.content or ""
+        # Annotations index into the answer text: JSON output has none.
+        at, annotations = self._text_at(), url_citations(turn) if outcome.is_text else []
         # Citations are final only once the answer is (sources can still change mid-answer), so all go here.
         out = [
             self.event("response.output_text.annotation.added", **at, annotation_index=index, annotation=annotation)
             for index, annotation in enumerate(annotations)
         ]
-        part = output_text(turn.content, annotations)
+        part = output_text(text, annotations)
         item = message_item(self.meta.message_id, [part], response_status(turn))
         out += [
-            self.event("response.output_text.done", **at, text=turn.content, logprobs=[]),
+            self.event("response.output_text.done", **at, text=text, logprobs=[]),
             self.event("response.content_part.done", **at, part=part),
             self.event("response.output_item.done", output_index=at["output_index"], item=item),
         ]
         self.output.append(item)
         self._message_done = True
+        return out
+
+    def _search(self, turn: ChatTurn) -> list[bytes]:
+        """The whole `web_search_call` item, once: Perplexity's search is over when its sources are known."""
+        if self._searched or self.meta.search_query is None:
+            return []
+        self._searched = True
+        out = self._close_reasoning()
+        item_id, index, query = new_id("ws"), len(self.output), self.meta.search_query
+        at = {"output_index": index, "item_id": item_id}
+        done = web_search_item(item_id, query, turn, "completed")
+        out += [
+            self.event(
+                "response.output_item.added",
+                output_index=index,
+                item=web_search_item(item_id, query, None, "in_progress"),
+            ),
+            self.event("response.web_search_call.in_progress", **at),
+            self.event("response.web_search_call.searching", **at),
+            self.event("response.web_search_call.completed", **at),
+            self.event("response.output_item.done", output_index=index, item=done),
+        ]
+        self.output.append(done)
+        return out
+
+    def _function_call(self, call: ToolCall) -> list[bytes]:
+        """One whole `function_call` item: added, its arguments in fragments, done."""
+        item_id, index = new_id("fc"), len(self.output)
+        out = [
+            self.event(
+                "response.output_item.added",
+                output_index=index,
+                item=function_call_item(item_id, call, "in_progress", ""),
+            )
+        ]
+        out += [
+            self.event("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=fragment)
+            for fragment in fragments(call.arguments)
+        ]
+        done = function_call_item(item_id, call, "completed")
+        out += [
+            self.event(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                name=call.name,
+                arguments=call.arguments,
+            ),
+            self.event("response.output_item.done", output_index=index, item=done),
+        ]
+        self.output.append(done)
         return out
 
     def _summary_at(self) -> dict[str, Any]:
@@ -185,13 +257,16 @@ def response_events(
     hooks: StreamHooks,
     *,
     prompt_text: str,
-    on_done: Callable[[ChatTurn, dict[str, Any]], None],
+    on_done: Callable[[AgentOutcome, dict[str, Any]], None],
+    agent: AgentStream | None = None,
 ) -> Iterator[bytes]:
     """The SSE body of a streamed response; with `events.failed_event` as the `fail` of `api.steps.answer`, it
     always ends in response.completed, .incomplete or .failed.
 
-    `on_done` runs before the final event, so a client that chains on `response.completed` at once finds
-    the response stored. No `[DONE]`: the Responses API ends with its lifecycle event.
+    With `agent`, an answer that may be a call is held back by its gate and sent once settled, as
+    `function_call` items or as the message it turned out to be. `on_done` runs before the final event, so a
+    client that chains on `response.completed` at once finds the response stored. No `[DONE]`: the Responses
+    API ends with its lifecycle event.
     """
     yield events.start()
     first_token = False
@@ -199,12 +274,30 @@ def response_events(
         if pieces is None:
             yield PING
             continue
-        out = events.feed(pieces)
+        if agent is not None and agent.gate.held:
+            pieces = agent.gate.feed(turn, pieces)
+        out = events.feed(pieces, turn)
         if not first_token and any(piece.kind == "content" for piece in pieces):
             first_token = True
             hooks.first_token()
         if out:
             yield b"".join(out)
-    closing, response = events.finish(turn, prompt_text)
-    on_done(turn, response)
+    outcome, held = AgentOutcome(turn), False
+    if agent is not None:
+        held = agent.gate.held
+        steps = agent.finish(turn)
+        while True:
+            try:
+                pieces = next(steps)
+            except StopIteration as done:
+                outcome = done.value
+                break
+            if pieces is None:
+                yield PING
+            elif pieces:
+                yield b"".join(events.feed(pieces, turn))
+        if held:
+            hooks.first_token()
+    closing, response = events.finish(outcome, prompt_text, held=held)
+    on_done(outcome, response)
     yield closing + events.final(response)

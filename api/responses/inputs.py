@@ -35,10 +35,20 @@ def read_input(body: dict[str, Any], history: list[dict[str, Any]]) -> ResponseI
     origins += ["previous_response_id"] * len(history)
     for index, item in enumerate(body["input"]):
         message = item_message(item, text_only=False)
-        if message is not None:
+        if message is not None and not _merged(messages, message):
             messages.append(message)
             origins.append(f"input[{index}]")
     return ResponseInput(messages, origins)
+
+
+def _merged(messages: list[dict[str, Any]], message: dict[str, Any]) -> bool:
+    """Fold a call into the assistant message before it: the calls of one turn arrive as one item each, but
+    are one assistant turn (as chat sends them and as the answer that made them is remembered)."""
+    previous = messages[-1] if messages else None
+    if not message.get("tool_calls") or previous is None or previous["role"] != "assistant":
+        return False
+    previous["tool_calls"] = [*(previous.get("tool_calls") or ()), *message["tool_calls"]]
+    return True
 
 
 def locate_error(error: APIError, origins: list[str]) -> APIError:
@@ -59,7 +69,7 @@ def chain_history(chain: list[StoredResponse]) -> list[dict[str, Any]]:
     for record in chain:
         for item in [*record.input_items, *record.response.get("output", ())]:
             message = None if item.get("role") in _INSTRUCTION_ROLES else item_message(item, text_only=True)
-            if message is not None:
+            if message is not None and not _merged(messages, message):
                 messages.append(message)
     return messages
 
@@ -123,10 +133,13 @@ def _stored_item(item: dict[str, Any]) -> dict[str, Any]:
         content = [shape(part) for part in _parts(item["content"])]
         item_id = item.get("id") or new_id("msg")
         return {"id": item_id, "type": "message", "role": item["role"], "status": "completed", "content": content}
-    prefix = {"function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}[kind]
+    prefix = {"function_call": "fc", "function_call_output": "fco", "reasoning": "rs", "web_search_call": "ws"}[kind]
     stored = {**item, "id": item.get("id") or new_id(prefix)}
     if kind == "reasoning":
         stored["summary"] = item.get("summary") or []
+    elif kind == "web_search_call":
+        stored.setdefault("action", {"type": "search"})
+        stored["status"] = item.get("status") or "completed"
     else:
         stored["status"] = item.get("status") or "completed"
     return stored

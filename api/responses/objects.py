@@ -7,14 +7,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.agent import AgentOutcome
 from ..core.completion import CompletionMeta, extras
 from ..core.completion import usage as chat_usage
 from ..core.errors import APIError
+from ..core.tools import ToolCall
 from ..core.turn import ChatTurn
 
 __all__ = [
     "ResponseMeta",
     "echo_fields",
+    "function_call_item",
     "message_item",
     "new_id",
     "output_text",
@@ -24,6 +27,7 @@ __all__ = [
     "response_status",
     "response_usage",
     "url_citations",
+    "web_search_item",
     "whole_output",
 ]
 
@@ -52,8 +56,7 @@ def echo_fields(body: dict[str, Any]) -> dict[str, Any]:
         "temperature": _or(body.get("temperature"), 1.0),
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": _or(body.get("tool_choice"), "auto"),
-        # Tools are echoed as sent; like chat, this server does not call them (Perplexity cannot).
-        "tools": body.get("tools") or [],
+        "tools": [_echo_tool(tool) for tool in body.get("tools") or ()],
         "top_logprobs": _or(body.get("top_logprobs"), 0),
         "top_p": _or(body.get("top_p"), 1.0),
         "truncation": _or(body.get("truncation"), "disabled"),
@@ -63,12 +66,24 @@ def echo_fields(body: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    # The spec's function tool always has `strict` and `parameters` (null when the request left them out).
+    if tool.get("type") == "function":
+        return {**tool, "strict": tool.get("strict"), "parameters": tool.get("parameters")}
+    return tool
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseMeta:
-    """Identity of one response and the request fields it echoes; `completion` holds model and opt-in extras."""
+    """Identity of one response and the request fields it echoes; `completion` holds model and opt-in extras.
+
+    `search_query` is set when the request offered a web search tool: the answer then reports Perplexity's
+    search as a `web_search_call` item for that query.
+    """
 
     completion: CompletionMeta
     echo: dict[str, Any]
+    search_query: str | None = None
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     message_id: str = field(default_factory=lambda: new_id("msg"))
@@ -107,15 +122,44 @@ def reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     return {"id": item_id, "type": "reasoning", "summary": summary, "status": status}
 
 
+def function_call_item(item_id: str, call: ToolCall, status: str, arguments: str | None = None) -> dict[str, Any]:
+    """A `function_call` output item (`arguments` overrides the call's, e.g. "" while it streams)."""
+    text = call.arguments if arguments is None else arguments
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": text,
+        "status": status,
+    }
+
+
+def web_search_item(item_id: str, query: str, turn: ChatTurn | None, status: str) -> dict[str, Any]:
+    """A `web_search_call` output item: the search Perplexity ran for `query`, with the sources it found."""
+    action: dict[str, Any] = {"type": "search", "query": query, "queries": [query]}
+    if turn is not None:
+        action["sources"] = [
+            {"type": "url", "url": source.url} for source in turn.sources if source.url and not source.is_attachment
+        ]
+    return {"id": item_id, "type": "web_search_call", "status": status, "action": action}
+
+
 def response_status(turn: ChatTurn) -> str:
     """`incomplete` when max_output_tokens cut the answer, else `completed`."""
     return "incomplete" if turn.finish_reason == "length" else "completed"
 
 
-def whole_output(meta: ResponseMeta, turn: ChatTurn) -> list[dict[str, Any]]:
-    """The output of a non-streamed turn: its reasoning (if any), then the answer."""
+def whole_output(meta: ResponseMeta, outcome: AgentOutcome) -> list[dict[str, Any]]:
+    """The output of a non-streamed turn: its reasoning (if any), the web search, then the calls or the answer."""
+    turn = outcome.turn
     items = [reasoning_item(new_id("rs"), turn.reasoning, "completed")] if turn.reasoning else []
-    content = [output_text(turn.content, url_citations(turn))]
+    if meta.search_query is not None:
+        items.append(web_search_item(new_id("ws"), meta.search_query, turn, "completed"))
+    if outcome.calls:
+        return items + [function_call_item(new_id("fc"), call, "completed") for call in outcome.calls]
+    annotations = url_citations(turn) if outcome.is_text else []
+    content = [output_text(outcome.content or "", annotations)]
     return [*items, message_item(meta.message_id, content, response_status(turn))]
 
 

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
-from schemas.responses import CreateResponseRequestSchema
+from schemas.responses import WEB_SEARCH_TOOLS, CreateResponseRequestSchema
 
+from ..core.agent import AgentOutcome, AgentStream, settle
 from ..core.errors import APIError
 from ..core.service import PreparedAsk
+from ..core.tools import AgentSpec, responses_agent_spec
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
 from ..state import ServerState, state
@@ -29,6 +31,7 @@ __all__ = ["bp"]
 bp = Blueprint("responses", __name__)
 _schema = CreateResponseRequestSchema()
 _MAX_PAGE = 100
+_MAX_QUERY = 500  # characters of the asked question a web_search_call item repeats
 
 
 def _stored(server: ServerState, response_id: str, param: str | None = None) -> StoredResponse:
@@ -41,7 +44,7 @@ def _stored(server: ServerState, response_id: str, param: str | None = None) -> 
     return record
 
 
-def _prepare(server: ServerState, body: dict[str, Any]) -> tuple[PreparedAsk, dict[str, Any]]:
+def _prepare(server: ServerState, body: dict[str, Any], agent: AgentSpec | None) -> tuple[PreparedAsk, dict[str, Any]]:
     """The chat-shaped body the chat core takes, prepared on the thread `previous_response_id` continues.
 
     The previous response anchors the turn to its conversation (the thread rule, `api.core.continuity`); its chain
@@ -57,11 +60,26 @@ def _prepare(server: ServerState, body: dict[str, Any]) -> tuple[PreparedAsk, di
         "max_completion_tokens": body.get("max_output_tokens"),
         "reasoning_effort": (body.get("reasoning") or {}).get("effort"),
     }
+    location = next((tool["user_location"] for tool in _web_search_tools(body) if tool.get("user_location")), None)
+    if location and not chat.get("web_search_options"):  # the web search tool's location, as chat names it
+        chat["web_search_options"] = {"user_location": location}
     anchor = previous.conversation_id if previous else body.get("conversation_id")
     try:
-        return server.service.prepare(chat, caller(body), anchor=anchor), chat
+        return server.service.prepare(chat, caller(body), anchor=anchor, agent=agent), chat
     except APIError as exc:
         raise locate_error(exc, read.origins) from exc
+
+
+def _web_search_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [tool for tool in body.get("tools") or () if tool["type"] in WEB_SEARCH_TOOLS]
+
+
+def _search_query(body: dict[str, Any], prepared: PreparedAsk) -> str | None:
+    """The query a `web_search_call` item reports: the request's last turn, when it offered web search."""
+    if not _web_search_tools(body) or body.get("tool_choice") == "none" or body.get("disable_search"):
+        return None
+    last = prepared.transcript.turns[-1][1] if prepared.transcript.turns else ""
+    return last if len(last) <= _MAX_QUERY else last[:_MAX_QUERY] + "…"
 
 
 @bp.post("/v1/responses")
@@ -69,8 +87,9 @@ def create_response() -> Response:
     """Answer `input` with Perplexity as a Responses API `response`, streamed as events or whole."""
     body = _schema.load(json_body())
     server = state()
-    prepared, chat = _prepare(server, body)
-    meta = ResponseMeta(completion_meta(prepared, chat), echo_fields(body))
+    agent = responses_agent_spec(body)
+    prepared, chat = _prepare(server, body, agent)
+    meta = ResponseMeta(completion_meta(prepared, chat), echo_fields(body), _search_query(body, prepared))
     turn = ChatTurn(turn_limits(chat))
     items, who = stored_items(body["input"]), caller()
 
@@ -79,22 +98,28 @@ def create_response() -> Response:
             record = StoredResponse(response["id"], who, time.time(), prepared.conversation_id, response, items)
             server.responses.save(record)
 
-    def done(finished: ChatTurn, response: dict[str, Any]) -> None:
-        server.service.remember(prepared, finished.thread, finished.content, finished.title)
+    def done(outcome: AgentOutcome, response: dict[str, Any]) -> None:
+        finished = outcome.turn
+        server.service.remember(prepared, finished.thread, outcome.history_text, finished.title)
         keep(response)
 
     events = ResponseEvents(meta)
 
     def sse(upstream: AskStream, hooks: StreamHooks) -> Iterator[bytes]:
-        return response_events(upstream, turn, events, hooks, prompt_text=prepared.prompt_text, on_done=done)
+        agent_stream = AgentStream(server.service, prepared, hooks.heartbeat, hooks.gone) if agent else None
+        return response_events(
+            upstream, turn, events, hooks, prompt_text=prepared.prompt_text, on_done=done, agent=agent_stream
+        )
 
     def failed(exc: BaseException) -> bytes:
         return events.failed_event(exc, turn, keep)
 
     def whole() -> Response:
-        output, usage = whole_output(meta, turn), response_usage(prepared.prompt_text, turn)
-        response = response_object(meta, turn, status=response_status(turn), output=output, usage=usage)
-        done(turn, response)
+        outcome = settle(server.service, prepared, turn) if agent is not None else AgentOutcome(turn)
+        finished = outcome.turn
+        output, usage = whole_output(meta, outcome), response_usage(prepared.prompt_text, finished)
+        response = response_object(meta, finished, status=response_status(finished), output=output, usage=usage)
+        done(outcome, response)
         return json_response(response, headers)
 
     headers = {"X-Conversation-ID": prepared.conversation_id}

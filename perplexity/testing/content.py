@@ -38,6 +38,13 @@ def _short(query: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def search_terms(query: str) -> str:
+    """Return what the fake searches for: the query's first line, cut short. Perplexity writes its own short
+    search queries; it never searches for a whole prompt (an agent's tool section, a flattened history)."""
+    first = next((line for line in query.splitlines() if line.strip()), query)
+    return _short(first, 100)
+
+
 def default_answer(query: str) -> str:
     """Return the generated markdown answer for `query`, citing sources [1] to [3]."""
     topic = _short(query, 200)

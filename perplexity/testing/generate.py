@@ -17,6 +17,7 @@ from .content import (
     normalize_media,
     normalize_source,
     reasoning_lines,
+    search_terms,
 )
 from .envelope import AskContext, envelope, now_iso, terminal_keys, text_json
 from .script import Reply
@@ -174,10 +175,11 @@ class _Stream:
 
     def _search(self) -> None:
         self._goal("Searching the web")
-        queries = [{"engine": "web", "query": self.ctx.query, "limit": 8}]
+        terms = search_terms(self.ctx.query)
+        queries = [{"engine": "web", "query": terms, "limit": 8}]
         self._step("SEARCH_WEB", {"goal_id": "0", "queries": queries}, "search_web_content")
         if self.channel == "workflow":
-            self.workflow.search_step([self.ctx.query])
+            self.workflow.search_step([terms])
         self.extra["expect_search_results"] = "true"
         self._emit()
 
