@@ -151,6 +151,8 @@ class ToolSchema(RequestPartSchema):
     def _require_definition(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get(data["type"]) is None:
             raise ValidationError(REQUIRED, data["type"])
+        if data["type"] == "custom" and not isinstance(data["custom"].get("name"), str):
+            raise ValidationError({"name": [REQUIRED]}, "custom")
 
 
 class NamedToolSchema(RequestPartSchema):

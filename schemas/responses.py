@@ -174,6 +174,17 @@ class ReasoningItemSchema(RequestPartSchema):
     summary = array(mapping(allow_none=False))
 
 
+class CustomToolCallItemSchema(RequestPartSchema):
+    """A custom (freeform) tool call the assistant made in an earlier turn."""
+
+    type = string(required=True)
+    id = string()
+    call_id = string(required=True)
+    name = string(required=True)
+    input = string(required=True)
+    status = string()
+
+
 class WebSearchCallItemSchema(RequestPartSchema):
     """A web search this server reported in an earlier answer; clients replay their output. Not sent upstream."""
 
@@ -189,6 +200,9 @@ _ITEM_SCHEMAS: dict[str, RequestPartSchema] = {
     "function_call_output": FunctionCallOutputItemSchema(),
     "reasoning": ReasoningItemSchema(),
     "web_search_call": WebSearchCallItemSchema(),
+    "custom_tool_call": CustomToolCallItemSchema(),
+    # Its result has the shape of a function call's: a call_id and an output (text or parts).
+    "custom_tool_call_output": FunctionCallOutputItemSchema(),
 }
 
 
@@ -263,7 +277,8 @@ WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26",
 
 
 class ToolSchema(RequestPartSchema):
-    """One entry of `tools`: a function tool (flat: `name`, `description`, `parameters`, `strict`) or web search.
+    """One entry of `tools`: a function tool (flat: `name`, `description`, `parameters`, `strict`), a custom
+    (freeform input) tool, or web search.
 
     Other built-in tools (file search, code interpreter, computer use, MCP, ...) need OpenAI's own machinery: a
     request naming one is refused, rather than answered as if the tool had run.
@@ -278,11 +293,11 @@ class ToolSchema(RequestPartSchema):
     @validates_schema
     def _check_type(self, data: dict[str, Any], **kwargs: Any) -> None:
         kind = data["type"]
-        if kind == "function":
+        if kind in ("function", "custom"):
             if not data.get("name"):
                 raise ValidationError(REQUIRED, "name")
         elif kind not in WEB_SEARCH_TOOLS:
-            supported = ", ".join(("function", *WEB_SEARCH_TOOLS))
+            supported = ", ".join(("function", "custom", *WEB_SEARCH_TOOLS))
             raise ValidationError(f"tools of type {kind!r} are not supported (use: {supported}).", "type")
 
 

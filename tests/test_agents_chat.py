@@ -270,3 +270,13 @@ def test_streamed_json_output_is_the_extracted_json(fake, live_server, sdk) -> N
         for _ in stream:
             pass
         assert json.loads(stream.get_final_completion().choices[0].message.content)["age"] == 36
+
+
+def test_a_custom_tool_call_on_chat(fake, sdk) -> None:
+    patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
+    fake.enqueue(Reply(answer="<tool_call>" + json.dumps({"name": "apply_patch", "arguments": patch}) + "</tool_call>"))
+    tool = {"type": "custom", "custom": {"name": "apply_patch", "description": "Edit files with a patch."}}
+    raw = sdk.chat.completions.with_raw_response.create(model="perplexity-auto", messages=ASK, tools=[tool])
+    validate(raw.http_response.json(), "CreateChatCompletionResponse")
+    (tool_call,) = raw.parse().choices[0].message.tool_calls
+    assert tool_call.type == "custom" and tool_call.custom.name == "apply_patch" and tool_call.custom.input == patch

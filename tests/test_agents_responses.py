@@ -212,3 +212,51 @@ def test_named_and_allowed_tool_choices(fake, sdk) -> None:
     sdk.responses.create(model="perplexity-auto", input=QUESTION, tools=[WEATHER, TIME], tool_choice=choice)
     query = fake.asks[-1].json["query_str"]
     assert "You must call at least one tool now" in query and "get_time" not in query
+
+
+SHELL = {
+    "type": "function",
+    "name": "shell",
+    "description": "Runs a shell command and returns its output.",
+    "parameters": {
+        "type": "object",
+        "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}},
+        "required": ["command"],
+        "additionalProperties": False,
+    },
+    "strict": False,
+}
+APPLY_PATCH = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Use the apply_patch tool to edit files.",
+    "format": {
+        "type": "grammar",
+        "syntax": "lark",
+        "definition": 'start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch"',
+    },
+}
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch"
+
+
+def test_a_codex_style_session_with_a_freeform_apply_patch_tool(fake, live_server) -> None:
+    """Codex streams, stores nothing and resends its whole history; apply_patch is a custom (freeform) tool."""
+    patch_call = "<tool_call>" + json.dumps({"name": "apply_patch", "arguments": {"input": PATCH}}) + "</tool_call>"
+    fake.enqueue(Reply(answer=patch_call, chunk_size=11), Reply(answer="Created hello.txt."))
+    history: list = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Add hello.txt"}]}]
+    body = {"instructions": "You are a coding agent.", "tools": [SHELL, APPLY_PATCH], "store": False}
+    events = stream_events(live_server, {**body, "input": history})
+    types = collapse([e["type"] for e in events])
+    assert "response.custom_tool_call_input.delta" in types and "response.output_text.delta" not in types
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    call = next(item for item in done if item["type"] == "custom_tool_call")
+    assert call["name"] == "apply_patch" and call["input"] == PATCH and call["call_id"].startswith("call_")
+    streamed = "".join(e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta")
+    assert streamed == PATCH
+    history += done + [{"type": "custom_tool_call_output", "call_id": call["call_id"], "output": "Success."}]
+    events = stream_events(live_server, {**body, "input": history})
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "Created hello.txt." and events[-1]["type"] == "response.completed"
+    first, second = fake.asks[-2:]
+    assert second.thread == first.thread and second.json["params"]["query_source"] == "followup"
+    assert '<tool_response name="apply_patch"' in second.json["query_str"] and "Success." in second.json["query_str"]

@@ -17,6 +17,7 @@ from api.core.tools import (
     Tool,
     call_text,
     chat_agent_spec,
+    custom_tool,
     read_json_output,
     read_tool_calls,
     responses_agent_spec,
@@ -326,3 +327,49 @@ def test_the_gate_holds_everything_for_output_formats_and_required_calls() -> No
     gate, sent = gate_after(None, "<tool_call>")  # no agent: nothing is held
     assert not gate.held and sent == "<tool_call>"
     assert not gate_after(AgentSpec((WEATHER,), choice="none"), "{")[0].held
+
+
+# ---- custom (freeform) tools ------------------------------------------------------------------------------
+
+PATCH_TOOL = custom_tool(
+    "apply_patch",
+    "Apply a patch.",
+    {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch" /(.|\\n)*/ "*** End Patch"'},
+)
+PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hello\n*** End Patch"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>" + json.dumps({"name": "apply_patch", "arguments": {"input": PATCH}}) + "</tool_call>",
+        "<tool_call>" + json.dumps({"name": "apply_patch", "arguments": PATCH}) + "</tool_call>",  # the text itself
+        "<tool_call>" + json.dumps({"name": "apply_patch", "input": PATCH}) + "</tool_call>",  # input beside the name
+    ],
+)
+def test_a_custom_tool_call_carries_its_text_input(text: str) -> None:
+    reading = read_tool_calls(text, AgentSpec((PATCH_TOOL, WEATHER)))
+    (call,) = reading.calls
+    assert call.kind == "custom" and call.name == "apply_patch" and call.input == PATCH
+    listing = AgentSpec((PATCH_TOOL,)).section()
+    assert "lark grammar" in listing and "*** Begin Patch" in listing
+
+
+def test_custom_tools_from_chat_and_responses_bodies_and_history() -> None:
+    chat = chat_agent_spec({"tools": [{"type": "custom", "custom": {"name": "apply_patch", "description": "d"}}]})
+    flat = responses_agent_spec({"tools": [{"type": "custom", "name": "apply_patch", "description": "d"}]})
+    assert chat == flat and chat.tools[0].kind == "custom"
+    named = responses_agent_spec(
+        {"tools": [{"type": "custom", "name": "apply_patch"}], "tool_choice": {"type": "custom", "name": "apply_patch"}}
+    )
+    assert named.choice == "named" and named.named == "apply_patch"
+    call = {"id": "call_9", "type": "custom", "custom": {"name": "apply_patch", "input": PATCH}}
+    transcript = read_messages(
+        [
+            {"role": "user", "content": "Add a.txt"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "Done"},
+        ]
+    )
+    assert transcript.turns[1][1] == call_text("apply_patch", json.dumps({"input": PATCH}))
+    assert transcript.turns[2][1].startswith('<tool_response name="apply_patch" call_id="call_9">')

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..core.agent import AgentOutcome, AgentStream, fragments
-from ..core.completion import CompletionMeta, chunk, extras, usage
+from ..core.completion import CompletionMeta, chunk, extras, tool_call_object, usage
 from ..core.streaming import turn_pieces
 from ..core.turn import ChatTurn
 from ..edge.sse import DONE, PING, encode
@@ -128,6 +128,9 @@ def _settled(agent: AgentStream, turn: ChatTurn, encoder: ChunkEncoder) -> Gener
 def _settled_deltas(outcome: AgentOutcome, encoder: ChunkEncoder) -> Iterator[bytes]:
     """A held answer's deltas: each tool call (id, name, then its arguments in fragments), or the content."""
     for index, call in enumerate(outcome.calls):
+        if call.kind == "custom":  # a freeform call goes whole: the chunk schema has no fragment form for it
+            yield encoder.delta({"tool_calls": [{"index": index, **tool_call_object(call)}]})
+            continue
         head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
         yield encoder.delta({"tool_calls": [head]})
         for fragment in fragments(call.arguments):

@@ -12,7 +12,7 @@ from perplexity.types import MediaItem, Source
 from .tools import ToolCall
 from .turn import ChatTurn, count_tokens
 
-__all__ = ["CompletionMeta", "chunk", "completion", "extras", "usage"]
+__all__ = ["CompletionMeta", "chunk", "completion", "extras", "tool_call_object", "usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,13 @@ def usage(prompt_text: str, turn: ChatTurn) -> dict[str, Any]:
     }
 
 
+def tool_call_object(call: ToolCall) -> dict[str, Any]:
+    """A call in `message.tool_calls`: a function call (arguments as a JSON string) or a custom tool's input."""
+    if call.kind == "custom":
+        return {"id": call.id, "type": "custom", "custom": {"name": call.name, "input": call.input}}
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
 def completion(
     turn: ChatTurn,
     meta: CompletionMeta,
@@ -99,9 +106,7 @@ def completion(
         "annotations": turn.annotations if not calls and content is None else [],
     }
     if calls:
-        message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
-        ]
+        message["tool_calls"] = [tool_call_object(call) for call in calls]
     finish_reason = "tool_calls" if calls else turn.finish_reason or "stop"
     if turn.reasoning:
         message["reasoning_content"] = message["reasoning"] = turn.reasoning

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .errors import APIError
 from .tools import call_text, tool_result_text
 
@@ -112,11 +114,16 @@ def _tool_calls_text(message: dict[str, Any], names: dict[str, str]) -> str:
     blocks = []
     for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
+        custom = call.get("custom") if isinstance(call, dict) else None
         if isinstance(function, dict):
-            name = str(function.get("name") or "")
-            if call.get("id"):
-                names[str(call["id"])] = name
-            blocks.append(call_text(name, str(function.get("arguments") or "{}")))
+            name, arguments = str(function.get("name") or ""), str(function.get("arguments") or "{}")
+        elif isinstance(custom, dict):  # a freeform tool's call: its text is the argument `input`
+            name, arguments = str(custom.get("name") or ""), orjson.dumps({"input": str(custom.get("input") or "")})
+        else:
+            continue
+        if call.get("id"):
+            names[str(call["id"])] = name
+        blocks.append(call_text(name, arguments if isinstance(arguments, str) else arguments.decode()))
     legacy = message.get("function_call")
     if isinstance(legacy, dict):
         blocks.append(call_text(str(legacy.get("name") or ""), str(legacy.get("arguments") or "{}")))

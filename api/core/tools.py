@@ -31,6 +31,7 @@ __all__ = [
     "ToolCall",
     "call_text",
     "chat_agent_spec",
+    "custom_tool",
     "new_call_id",
     "read_json_output",
     "read_tool_calls",
@@ -51,24 +52,53 @@ _MARKERS = re.compile(r" ?(?:\[\d{1,3}\])+")
 
 @dataclass(frozen=True, slots=True)
 class Tool:
-    """A function the client offers: its name, description and JSON Schema parameters."""
+    """A tool the client offers: its name, description and JSON Schema parameters.
+
+    `kind` "custom" is a freeform tool (OpenAI's custom tools, Codex's `apply_patch`): it takes one text input,
+    which the protocol carries as the one argument `input` (see `custom_tool`).
+    """
 
     name: str
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    kind: str = "function"
 
     def listing(self) -> dict[str, Any]:
         """The tool as the `<tools>` section lists it."""
         return {"name": self.name, "description": self.description, "parameters": self.parameters}
 
 
+def custom_tool(name: str, description: str, fmt: dict[str, Any] | None) -> Tool:
+    """A freeform tool as the protocol lists it: one string argument `input`, described by its format."""
+    about = "The tool's whole input, as free text."
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
+        about += f" It must follow this {fmt.get('syntax') or 'lark'} grammar:\n{fmt.get('definition') or ''}"
+    parameters = {
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": about}},
+        "required": ["input"],
+        "additionalProperties": False,
+    }
+    return Tool(name, description, parameters, "custom")
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """One call the model made: an id (`call_…`), the tool's name and its arguments as a JSON string."""
+    """One call the model made: an id (`call_…`), the tool's name and its arguments as a JSON string.
+
+    A call of a custom tool (`kind` "custom") holds `{"input": ...}`; `input` is that text.
+    """
 
     id: str
     name: str
     arguments: str
+    kind: str = "function"
+
+    @property
+    def input(self) -> str:
+        """A custom tool call's text input ("" for a function call)."""
+        value = orjson.loads(self.arguments).get("input") if self.kind == "custom" else None
+        return value if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +309,7 @@ def _checked(objects: list[Any], tools: dict[str, Tool], spec: AgentSpec, *, can
         arguments, problem = _arguments(item, tool)
         if problem is not None:
             return Reading(problem=problem)
-        calls.append(ToolCall(new_call_id(), name, orjson.dumps(arguments).decode()))
+        calls.append(ToolCall(new_call_id(), name, orjson.dumps(arguments).decode(), tool.kind))
     if spec.choice == "named":
         calls = [call for call in calls if call.name == spec.named]
         if not calls:
@@ -291,6 +321,8 @@ def _checked(objects: list[Any], tools: dict[str, Tool], spec: AgentSpec, *, can
 
 def _arguments(item: dict[str, Any], tool: Tool) -> tuple[Any, str | None]:
     raw = item.get("arguments", item.get("parameters"))
+    if tool.kind == "custom":
+        raw = _custom_arguments(raw, item)
     if raw is None:
         raw = {}
     if isinstance(raw, str):
@@ -304,6 +336,17 @@ def _arguments(item: dict[str, Any], tool: Tool) -> tuple[Any, str | None]:
     if problem is not None:
         return None, f'the arguments of "{tool.name}" do not match its parameters: {problem}'
     return raw, None
+
+
+def _custom_arguments(raw: Any, item: dict[str, Any]) -> Any:
+    """A freeform tool's arguments: `{"input": ...}`, however the model wrote its text (the whole arguments as a
+    string, or `input` beside the name)."""
+    if raw is None and isinstance(item.get("input"), str):
+        return {"input": item["input"]}
+    if isinstance(raw, str):
+        parsed = _json_or_none(raw)
+        return parsed if isinstance(parsed, dict) and "input" in parsed else {"input": raw}
+    return raw
 
 
 def _schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
@@ -381,6 +424,10 @@ def chat_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
         for f in [t["function"] for t in body.get("tools") or () if t.get("type") == "function"]
         + list(body.get("functions") or ())
     ]
+    tools += [
+        custom_tool(c["name"], c.get("description") or "", c.get("format"))
+        for c in [t["custom"] for t in body.get("tools") or () if t.get("type") == "custom"]
+    ]
     choice = body.get("tool_choice")
     if choice is None and body.get("function_call") is not None:
         legacy = body["function_call"]
@@ -403,8 +450,10 @@ def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
     """
     tools = [
         Tool(t["name"], t.get("description") or "", t.get("parameters") or _EMPTY_PARAMETERS)
+        if t["type"] == "function"
+        else custom_tool(t["name"], t.get("description") or "", t.get("format"))
         for t in body.get("tools") or ()
-        if t.get("type") == "function" and isinstance(t.get("name"), str)
+        if t.get("type") in ("function", "custom") and isinstance(t.get("name"), str)
     ]
     fmt = (body.get("text") or {}).get("format") or {}
     output = None
@@ -424,10 +473,10 @@ def _chat_choice(choice: Any) -> Any:
     if not isinstance(choice, dict):
         raise APIError(400, _CHOICE_HINT, code="invalid_value", param="tool_choice")
     kind = choice.get("type")
-    if kind == "function":
+    if kind in ("function", "custom"):
         if not isinstance(choice.get("name"), str):
-            raise APIError(400, "tool_choice of type 'function' needs a 'name'.", param="tool_choice.name")
-        return {"type": "function", "function": {"name": choice["name"]}}
+            raise APIError(400, f"tool_choice of type '{kind}' needs a 'name'.", param="tool_choice.name")
+        return {"type": kind, kind: {"name": choice["name"]}}
     if kind == "allowed_tools":
         tools = choice.get("tools")
         if not isinstance(tools, list) or choice.get("mode") not in ("auto", "required"):
@@ -454,15 +503,15 @@ def _spec(tools: list[Tool], choice: Any, parallel: bool | None, output: OutputF
         mode = choice
     elif isinstance(choice, dict):
         kind = choice.get("type")
-        if kind == "function":
-            mode, named = "named", (choice.get("function") or {}).get("name")
+        if kind in ("function", "custom"):
+            mode, named = "named", (choice.get(kind) or {}).get("name")
         elif kind == "allowed_tools":
             allowed = choice.get("allowed_tools") or {}
             names = {_tool_name(t) for t in allowed.get("tools") or ()}
             tools = [tool for tool in tools if tool.name in names]
             mode = "required" if allowed.get("mode") == "required" else "auto"
     if mode == "named" and named not in {tool.name for tool in tools}:
-        message = f"tool_choice names the function '{named}', which is not among the request's tools."
+        message = f"tool_choice names the tool '{named}', which is not among the request's tools."
         raise APIError(400, message, code="invalid_value", param="tool_choice")
     spec = AgentSpec(tuple(tools), mode, named, parallel is not False, output)
     return spec if spec.offers_tools or output is not None else None
@@ -471,4 +520,4 @@ def _spec(tools: list[Tool], choice: Any, parallel: bool | None, output: OutputF
 def _tool_name(entry: Any) -> str | None:
     if not isinstance(entry, dict):
         return None
-    return entry.get("name") or (entry.get("function") or {}).get("name")
+    return entry.get("name") or (entry.get("function") or entry.get("custom") or {}).get("name")

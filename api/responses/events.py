@@ -21,7 +21,7 @@ from ..edge.errors import to_api_error
 from ..edge.sse import PING, encode
 from .objects import (
     ResponseMeta,
-    function_call_item,
+    call_item,
     message_item,
     new_id,
     output_text,
@@ -90,7 +90,7 @@ class ResponseEvents:
         out = self._close_reasoning() + self._search(turn)
         if outcome.calls:
             for call in outcome.calls:
-                out += self._function_call(call)
+                out += self._call(call)
         else:
             for fragment in fragments(outcome.content or "") if held else ():
                 out += self._text_delta(fragment)
@@ -211,31 +211,25 @@ class ResponseEvents:
         self.output.append(done)
         return out
 
-    def _function_call(self, call: ToolCall) -> list[bytes]:
-        """One whole `function_call` item: added, its arguments in fragments, done."""
-        item_id, index = new_id("fc"), len(self.output)
-        out = [
-            self.event(
-                "response.output_item.added",
-                output_index=index,
-                item=function_call_item(item_id, call, "in_progress", ""),
+    def _call(self, call: ToolCall) -> list[bytes]:
+        """One whole call item: added, its arguments (or a custom tool's input) in fragments, done."""
+        custom = call.kind == "custom"
+        item_id, index = new_id("ctc" if custom else "fc"), len(self.output)
+        at = {"item_id": item_id, "output_index": index}
+        started = call_item(item_id, call, "in_progress", streaming=True)
+        out = [self.event("response.output_item.added", output_index=index, item=started)]
+        if custom:
+            out += [self.event("response.custom_tool_call_input.delta", **at, delta=f) for f in fragments(call.input)]
+            out.append(self.event("response.custom_tool_call_input.done", **at, input=call.input))
+        else:
+            out += [
+                self.event("response.function_call_arguments.delta", **at, delta=f) for f in fragments(call.arguments)
+            ]
+            out.append(
+                self.event("response.function_call_arguments.done", **at, name=call.name, arguments=call.arguments)
             )
-        ]
-        out += [
-            self.event("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=fragment)
-            for fragment in fragments(call.arguments)
-        ]
-        done = function_call_item(item_id, call, "completed")
-        out += [
-            self.event(
-                "response.function_call_arguments.done",
-                item_id=item_id,
-                output_index=index,
-                name=call.name,
-                arguments=call.arguments,
-            ),
-            self.event("response.output_item.done", output_index=index, item=done),
-        ]
+        done = call_item(item_id, call, "completed")
+        out.append(self.event("response.output_item.done", output_index=index, item=done))
         self.output.append(done)
         return out
 

@@ -89,7 +89,10 @@ def item_message(item: dict[str, Any], *, text_only: bool) -> dict[str, Any] | N
             "function": {"name": item["name"], "arguments": item["arguments"]},
         }
         return {"role": "assistant", "content": None, "tool_calls": [call]}
-    if kind == "function_call_output":
+    if kind == "custom_tool_call":
+        call = {"id": item["call_id"], "type": "custom", "custom": {"name": item["name"], "input": item["input"]}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+    if kind in ("function_call_output", "custom_tool_call_output"):
         return {"role": "tool", "tool_call_id": item["call_id"], "content": _chat_content(item["output"], text_only)}
     return None
 
@@ -133,7 +136,14 @@ def _stored_item(item: dict[str, Any]) -> dict[str, Any]:
         content = [shape(part) for part in _parts(item["content"])]
         item_id = item.get("id") or new_id("msg")
         return {"id": item_id, "type": "message", "role": item["role"], "status": "completed", "content": content}
-    prefix = {"function_call": "fc", "function_call_output": "fco", "reasoning": "rs", "web_search_call": "ws"}[kind]
+    prefix = {
+        "function_call": "fc",
+        "function_call_output": "fco",
+        "custom_tool_call": "ctc",
+        "custom_tool_call_output": "ctco",
+        "reasoning": "rs",
+        "web_search_call": "ws",
+    }[kind]
     stored = {**item, "id": item.get("id") or new_id(prefix)}
     if kind == "reasoning":
         stored["summary"] = item.get("summary") or []

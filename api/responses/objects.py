@@ -16,6 +16,7 @@ from ..core.turn import ChatTurn
 
 __all__ = [
     "ResponseMeta",
+    "call_item",
     "echo_fields",
     "function_call_item",
     "message_item",
@@ -135,6 +136,21 @@ def function_call_item(item_id: str, call: ToolCall, status: str, arguments: str
     }
 
 
+def call_item(item_id: str, call: ToolCall, status: str, *, streaming: bool = False) -> dict[str, Any]:
+    """A `function_call` or `custom_tool_call` output item (`streaming`: arguments/input still empty)."""
+    if call.kind == "custom":
+        text = "" if streaming else call.input
+        return {
+            "id": item_id,
+            "type": "custom_tool_call",
+            "call_id": call.id,
+            "name": call.name,
+            "input": text,
+            "status": status,
+        }
+    return function_call_item(item_id, call, status, "" if streaming else None)
+
+
 def web_search_item(item_id: str, query: str, turn: ChatTurn | None, status: str) -> dict[str, Any]:
     """A `web_search_call` output item: the search Perplexity ran for `query`, with the sources it found."""
     action: dict[str, Any] = {"type": "search", "query": query, "queries": [query]}
@@ -150,6 +166,9 @@ def response_status(turn: ChatTurn) -> str:
     return "incomplete" if turn.finish_reason == "length" else "completed"
 
 
+_CALL_PREFIX = {"function": "fc", "custom": "ctc"}  # output item ids by call kind
+
+
 def whole_output(meta: ResponseMeta, outcome: AgentOutcome) -> list[dict[str, Any]]:
     """The output of a non-streamed turn: its reasoning (if any), the web search, then the calls or the answer."""
     turn = outcome.turn
@@ -157,7 +176,7 @@ def whole_output(meta: ResponseMeta, outcome: AgentOutcome) -> list[dict[str, An
     if meta.search_query is not None:
         items.append(web_search_item(new_id("ws"), meta.search_query, turn, "completed"))
     if outcome.calls:
-        return items + [function_call_item(new_id("fc"), call, "completed") for call in outcome.calls]
+        return items + [call_item(new_id(_CALL_PREFIX[call.kind]), call, "completed") for call in outcome.calls]
     annotations = url_citations(turn) if outcome.is_text else []
     content = [output_text(outcome.content or "", annotations)]
     return [*items, message_item(meta.message_id, content, response_status(turn))]
