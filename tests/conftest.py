@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 
@@ -152,6 +153,13 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory, fake_server: F
 def live_server(live_server_factory):
     """The default server: open access, fake upstream."""
     return live_server_factory()
+
+
+@pytest.fixture
+def sdk(live_server) -> Iterator[openai.OpenAI]:
+    """The official openai SDK against the default live server (no retries: tests see each failure)."""
+    with openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
+        yield client
 
 
 @pytest.fixture

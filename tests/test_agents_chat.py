@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from perplexity.testing import Reply
+from perplexity.testing import Reply, tool_call_text
 
 from .openapi import validate
 from .test_chat_api import raw_events
@@ -37,13 +37,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def call(name: str, **arguments: object) -> str:
-    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
-
-
-@pytest.fixture
-def sdk(live_server):
-    with openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
-        yield client
+    return tool_call_text(name, arguments)
 
 
 def test_a_tool_call_comes_back_as_tool_calls(fake, sdk) -> None:

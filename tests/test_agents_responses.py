@@ -11,37 +11,15 @@ from pydantic import BaseModel
 from perplexity.testing import Reply
 
 from .openapi import validate
+from .test_agents_chat import TIME as CHAT_TIME
+from .test_agents_chat import WEATHER as CHAT_WEATHER
+from .test_agents_chat import call
 from .test_responses_api import collapse, stream_events
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The current weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
-TIME = {
-    "type": "function",
-    "name": "get_time",
-    "description": "The time in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
+# The chat tests' tools in the Responses API's flat form.
+WEATHER = {"type": "function", **CHAT_WEATHER["function"], "strict": True}
+TIME = {"type": "function", **CHAT_TIME["function"]}
 QUESTION = "What is the weather in Paris?"
-
-
-def call(name: str, **arguments: object) -> str:
-    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
-
-
-@pytest.fixture
-def sdk(live_server):
-    with openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
-        yield client
 
 
 def test_a_function_call_is_a_function_call_item(fake, sdk) -> None:
@@ -102,6 +80,9 @@ def test_sdk_stream_helper_and_a_loop_chained_by_previous_response_id(fake, sdk)
             model="perplexity-auto", previous_response_id=response.id, input=outputs, tools=[WEATHER, TIME]
         )
     assert response.output_text == "Sunny and 21 C; it is noon in Paris."
+    listed = sdk.responses.input_items.with_raw_response.list(response.id).http_response.json()
+    validate(listed, "ResponseItemList")
+    assert [item["type"] for item in listed["data"]] == ["function_call_output"]
     asks = fake.asks[-3:]
     assert len({ask.thread for ask in asks}) == 1
     assert [ask.json["params"].get("query_source") for ask in asks[1:]] == ["followup", "followup"]

@@ -15,12 +15,6 @@ ANSWER = "Paris is the capital of France [1]. It has about two million people [2
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture
-def sdk(live_server):
-    with openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
-        yield client
-
-
 @pytest.fixture(scope="module")
 def no_retry_server(live_server_factory):
     return live_server_factory(PERPLEXITY_MAX_RETRIES="0", PERPLEXITY_READ_TIMEOUT="1")

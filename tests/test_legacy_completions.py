@@ -17,12 +17,6 @@ ANSWER = "Paris is the capital of France [1]. It has about two million people [2
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture
-def sdk(live_server):
-    with openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
-        yield client
-
-
 def stream_data(server, body):
     """POST a streamed completion; returns the `data:` payloads, [DONE] included."""
     body = {"model": "perplexity-auto", "prompt": PROMPT, "stream": True, **body}

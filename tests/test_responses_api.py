@@ -49,12 +49,6 @@ EVENTS = [
 ]
 
 
-@pytest.fixture
-def sdk(live_server):
-    with openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as client:
-        yield client
-
-
 def stream_events(server, body, headers=None):
     """POST a streamed response and decode it; checks each event's name, type, number and schema."""
     body = {"model": "perplexity-auto", "stream": True, **body}
