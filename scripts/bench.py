@@ -4,13 +4,16 @@
     python scripts/bench.py            # about 2-4 minutes
     python scripts/bench.py --quick    # under a minute, smaller counts
     python scripts/bench.py --json out.json
+    python scripts/bench.py --phases agent    # tool-call vs text answers only (not part of the default run)
 
 Everything runs on 127.0.0.1: the fake upstream in its own process, gunicorn (`app:app`, one gevent worker) pointed
 at it, and the measuring client in this process. Five figures, each beside the issue's target and the seed's value:
 non-streamed latency, time to first token, worker CPU per streamed chunk with 4 KB upstream frames, open streams
 per worker with their memory, and how fast the upstream is released after a client leaves. The first three also
 run through the "stack floor" (bench_floor.py: a minimal Flask + requests pass-through under the same gunicorn
-settings; --no-floor skips it), so the report can tell the stack's cost from our code's. See scripts/README.md.
+settings; --no-floor skips it), so the report can tell the stack's cost from our code's. An opt-in sixth phase
+(--phases agent) measures what answering with a tool call adds over a text answer of the same upstream stream.
+See scripts/README.md.
 Speeds are noisy on a small shared machine: read the ratios and the side-by-side differences, not the absolutes.
 """
 
@@ -55,7 +58,8 @@ ANSWER_MARK = b"short answer"
 ASK_PATH = "/rest/sse/perplexity_ask?version=2.18&source=default"
 COOKIE = "__Secure-next-auth.session-token"
 
-PHASES = ("latency", "ttft", "cpu", "streams", "release")
+DEFAULT_PHASES = ("latency", "ttft", "cpu", "streams", "release")
+PHASES = (*DEFAULT_PHASES, "agent")  # `agent` (tool-call vs text answers) runs only when asked for: --phases agent
 FLOOR_PHASES = ("latency", "ttft", "cpu")  # the phases that also measure the stack floor (bench_floor.py)
 FLOOR_APP = "bench_floor:app"
 STAGGER = 10  # release phase: batches the streams are opened in, across one heartbeat interval
@@ -78,6 +82,9 @@ class Plan:
     heartbeat: float = 1.0
     budget: float = 230.0
     phase_seconds: float = 35.0
+    agent_rounds: int = 1000  # agent phase: interleaved rounds of the four request kinds (latency)
+    agent_cpu_rounds: int = 30  # agent phase: rounds of one CPU block per kind
+    agent_block: int = 10  # agent phase: requests per CPU block
 
 
 QUICK = {
@@ -91,6 +98,8 @@ QUICK = {
     "release": 100,
     "budget": 55.0,
     "phase_seconds": 10.0,
+    "agent_rounds": 300,
+    "agent_cpu_rounds": 10,
 }
 
 
@@ -394,6 +403,146 @@ class Floor(Api):
         return first
 
 
+# ---- tool-call answers against text answers (the agent phase) -----------------------------------
+
+# The answer of the agent phase: one canonical tool call, as a model writes it when the ask lists tools. With the
+# request's `tools` the server returns it as a tool call; without, the very same upstream answer is plain text.
+AGENT_NOTE = (
+    "Planning a three-day walking tour of the Left Bank with two children, so please include the hourly "
+    "temperature, the chance of rain each afternoon, wind speed along the Seine, the UV index around midday and "
+    "the sunset time for each day, and flag any day when an indoor museum visit would be the better choice."
+)
+AGENT_ARGUMENTS = {"city": "Paris", "country": "FR", "unit": "celsius", "days": 3, "note": AGENT_NOTE}
+AGENT_ANSWER = "<tool_call>" + json.dumps({"name": "get_weather", "arguments": AGENT_ARGUMENTS}) + "</tool_call>"
+AGENT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather forecast for a city, day by day.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "country": {"type": "string", "description": "ISO 3166 country code"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 10},
+                "note": {"type": "string", "description": "What the forecast is for"},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+# The four request kinds, in the order a round starts from (rotated every round).
+AGENT_KINDS = ("text", "tool", "text_stream", "tool_stream")
+
+
+class Agent:
+    """Chat completions of the agent phase through the server: with or without `tools`, streamed or not.
+
+    Every call checks its response (status 200; a tool kind carries the get_weather call with its arguments, a
+    text kind the `<tool_call>` answer as content) and raises RuntimeError when it does not."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.url = require_loopback(base_url) + "/v1/chat/completions"
+        self.session = session()
+        self.headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        message = {"role": "user", "content": "What will the weather be in Paris for the next three days?"}
+        base: dict[str, Any] = {"model": "perplexity-auto", "messages": [message]}
+        tools = {"tools": [AGENT_TOOL]}
+        stream = {"stream": True}
+        self.bodies = {
+            "text": orjson.dumps(base),
+            "tool": orjson.dumps({**base, **tools}),
+            "text_stream": orjson.dumps({**base, **stream}),
+            "tool_stream": orjson.dumps({**base, **tools, **stream}),
+        }
+
+    def call(self, kind: str) -> tuple[float, float | None]:
+        """One request of `kind`: (seconds to the end, seconds to the first content or tool_calls delta or None
+        when not streamed)."""
+        if kind.endswith("_stream"):
+            return self.streamed(kind)
+        return self.whole(kind), None
+
+    def whole(self, kind: str) -> float:
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=self.bodies[kind], headers=self.headers)
+        content = r.content
+        elapsed = time.perf_counter() - t0
+        if r.status_code != 200:
+            raise RuntimeError(f"agent {kind} completion failed: HTTP {r.status_code} {content[:300]!r}")
+        choice = (orjson.loads(content).get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        if kind == "tool":
+            calls = message.get("tool_calls") or []
+            if choice.get("finish_reason") != "tool_calls" or not calls:
+                raise RuntimeError(f"agent tool completion has no tool call: {content[:300]!r}")
+            check_call(calls[0]["function"]["name"], calls[0]["function"]["arguments"], kind)
+        elif message.get("tool_calls") or "<tool_call>" not in (message.get("content") or ""):
+            raise RuntimeError(f"agent text completion lacks the <tool_call> text: {content[:300]!r}")
+        return elapsed
+
+    def streamed(self, kind: str) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        r = self.session.post(self.url, data=self.bodies[kind], headers=self.headers, stream=True)
+        if r.status_code != 200:
+            raise RuntimeError(f"agent {kind} stream failed: HTTP {r.status_code} {r.content[:300]!r}")
+        first = end = None
+        text: list[str] = []
+        name, arguments, finish = "", [], None
+        for event in sse_events(r.iter_content(chunk_size=None), b"\n\n"):
+            data = event_data(event)
+            if not data:
+                continue
+            if data == b"[DONE]":
+                end = time.perf_counter() - t0
+                break
+            body = orjson.loads(data)
+            if "error" in body:
+                raise RuntimeError(f"agent {kind} stream ended with an error: {data[:300]!r}")
+            choice = (body.get("choices") or [{}])[0]
+            delta = choice.get("delta") or {}
+            finish = choice.get("finish_reason") or finish
+            if delta.get("content") or delta.get("tool_calls"):
+                if first is None:
+                    first = time.perf_counter() - t0
+                text.append(delta.get("content") or "")
+                for call in delta.get("tool_calls") or ():
+                    function = call.get("function") or {}
+                    name = name or function.get("name") or ""
+                    arguments.append(function.get("arguments") or "")
+        r.close()
+        if first is None or end is None:
+            raise RuntimeError(f"agent {kind} stream ended without {'a delta' if first is None else '[DONE]'}")
+        if kind == "tool_stream":
+            if finish != "tool_calls" or any(text):
+                raise RuntimeError(f"agent tool stream: finish_reason {finish!r}, content {''.join(text)[:200]!r}")
+            check_call(name, "".join(arguments), kind)
+        elif name or "<tool_call>" not in "".join(text):
+            raise RuntimeError(f"agent text stream lacks the <tool_call> text: {''.join(text)[:200]!r}")
+        return end, first
+
+
+def check_call(name: str, arguments: str, kind: str) -> None:
+    """Raise unless a returned tool call is the get_weather call of AGENT_ANSWER."""
+    if name != "get_weather" or orjson.loads(arguments or "null") != AGENT_ARGUMENTS:
+        raise RuntimeError(f"agent {kind}: unexpected tool call {name!r} {arguments[:200]!r}")
+
+
+def versus(text: list[float], tool: list[float]) -> dict[str, Any]:
+    """Latency summaries of a text kind and its tool kind, the tool's added p50/p99 and the p50/p99 ratios."""
+    t, c = summary_ms(text), summary_ms(tool)
+    return {
+        "text": t,
+        "tool": c,
+        "added_p50_ms": round(c["p50_ms"] - t["p50_ms"], 3),
+        "added_p99_ms": round(c["p99_ms"] - t["p99_ms"], 3),
+        "ratio_p50": round(c["p50_ms"] / t["p50_ms"], 2) if t["p50_ms"] else None,
+        "ratio_p99": round(c["p99_ms"] / t["p99_ms"], 2) if t["p99_ms"] else None,
+    }
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 
 
@@ -523,7 +672,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         self.fake = FakeProcess(TOKEN, nofile=max(2 * self.plan.streams + 1000, 8192))
         self.direct = Direct(self.fake.url, TOKEN)
-        first = [p for p in ("latency", "ttft", "cpu", "release") if p in self.phases]
+        first = [p for p in ("latency", "ttft", "cpu", "agent", "release") if p in self.phases]
         if first and self.setup(first, self.fake.url):
             if self.use_floor and set(first) & set(FLOOR_PHASES):
                 self.start_floor(self.fake.url)
@@ -957,6 +1106,86 @@ class Bench:
         self.fake.reset()
         return result
 
+    # ---- 6. tool-call answers against text answers (opt-in: --phases agent) -----------------------
+
+    def phase_agent(self) -> dict[str, Any]:
+        """The same upstream answer, a canonical `<tool_call>` block, asked for with and without `tools`: what
+        reading it as a tool call adds over passing it through as text, non-streamed and streamed.
+
+        Latency: warm-up, then rounds of one request of each kind (text, tool, text streamed, tool streamed),
+        rotating which kind goes first. Worker CPU: afterwards, rounds of one block of `agent_block` requests per
+        kind (rotating too), the worker's CPU clock read around each block once it is idle (20 ms after the last
+        response), so what a request costs after its response (access log, cleanup) stays in its own block."""
+        assert self.fake is not None and self.server is not None
+        plan = self.plan
+        reply = Reply(answer=AGENT_ANSWER, chunk_size=REALISTIC_DELTA)
+        self.fake.set_reply(reply)
+        _, sizes, _, _ = self.direct.capture()  # the upstream stream, for the report: frames and bytes
+        agent = Agent(self.server.url, API_KEY)
+        kinds = list(AGENT_KINDS)
+        for _ in range(max(5, plan.warmup // 5)):
+            for kind in kinds:
+                agent.call(kind)
+        total: dict[str, list[float]] = {kind: [] for kind in kinds}
+        first: dict[str, list[float]] = {kind: [] for kind in kinds if kind.endswith("_stream")}
+        end = time.monotonic() + self.left(plan.phase_seconds)
+        t0 = time.perf_counter()
+        rounds = 0
+        while rounds < plan.agent_rounds and time.monotonic() < end:
+            k = rounds % len(kinds)
+            for kind in kinds[k:] + kinds[:k]:
+                elapsed, to_first = agent.call(kind)
+                total[kind].append(elapsed)
+                if to_first is not None:
+                    first[kind].append(to_first)
+            rounds += 1
+        wall = time.perf_counter() - t0
+        # Worker CPU per request of each kind, in blocks (one per kind and round).
+        cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu_end = time.monotonic() + self.left(plan.phase_seconds / 2)
+        for i in range(plan.agent_cpu_rounds):
+            if time.monotonic() > cpu_end and i >= 1:
+                break
+            k = i % len(kinds)
+            for kind in kinds[k:] + kinds[:k]:
+                time.sleep(0.02)
+                before = self.worker_cpu()
+                for _ in range(plan.agent_block):
+                    agent.call(kind)
+                time.sleep(0.02)
+                cpu[kind].append((self.worker_cpu() - before) / plan.agent_block)
+        self.fake.reset()
+        cpu_ms = {kind: round(statistics.median(v) * 1e3, 3) if v else None for kind, v in cpu.items()}
+
+        def added(tool: str, text: str) -> dict[str, Any]:
+            """Medians over rounds of the tool block's CPU minus (over) the same round's text block: the machine's
+            drift between rounds cancels out, unlike in the difference of the two medians."""
+            pairs = [(a, b) for a, b in zip(cpu[tool], cpu[text], strict=True) if b > 0]
+            if not pairs:
+                return {"added_ms": None, "ratio": None}
+            return {
+                "added_ms": round(statistics.median(a - b for a, b in pairs) * 1e3, 3),
+                "ratio": round(statistics.median(a / b for a, b in pairs), 2),
+            }
+
+        return {
+            "answer_chars": len(AGENT_ANSWER),
+            "upstream_chunk_chars": reply.chunk_size,
+            "upstream_frames": len(sizes) - 1,  # the last event is end_of_stream
+            "upstream_bytes": sum(sizes),
+            "rounds": rounds,
+            "wall_s": round(wall, 2),
+            "nonstream": versus(total["text"], total["tool"]),
+            "stream_first_delta": versus(first["text_stream"], first["tool_stream"]),
+            "stream_done": versus(total["text_stream"], total["tool_stream"]),
+            "cpu_block": plan.agent_block,
+            "cpu_blocks_per_kind": len(cpu["text"]),
+            "worker_cpu_ms_per_request": cpu_ms,
+            "worker_cpu_ms_per_block_request": {kind: [round(v * 1e3, 3) for v in cpu[kind]] for kind in kinds},
+            "worker_cpu_tool_added_nonstream": added("tool", "text"),
+            "worker_cpu_tool_added_stream": added("tool_stream", "text_stream"),
+        }
+
 
 def side_by_side(direct: list[float], server: list[float], floor: list[float] | None = None) -> dict[str, Any]:
     """Latency summaries of both sides plus the added p50/p99 and the p50 ratio; with `floor` (the stack floor's
@@ -996,7 +1225,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts, under a minute")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument(
+        "--phases",
+        default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all but agent, which runs only when named)",
+    )
     parser.add_argument("--requests", type=int, help="non-streamed requests per side")
     parser.add_argument("--ttft", type=int, help="streamed requests per side for time to first token")
     parser.add_argument("--frames", type=int, help="upstream frames per stream in the CPU phase")
@@ -1004,6 +1237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-streams", type=int, help="streams read through the server in the CPU phase")
     parser.add_argument("--streams", type=int, help="concurrent open streams to hold (default 5000)")
     parser.add_argument("--release-streams", type=int, help="streams abandoned in the release phase")
+    parser.add_argument("--agent-rounds", type=int, help="agent phase: interleaved rounds of its 4 request kinds")
     parser.add_argument("--heartbeat", type=float, help="the server's HEARTBEAT_INTERVAL in seconds (default 1)")
     parser.add_argument("--budget", type=float, help="overall time budget in seconds")
     parser.add_argument("--profile", action="store_true", help="cProfile the offline replay of the CPU phase")
@@ -1051,6 +1285,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("cpu_streams", "cpu_streams"),
         ("streams", "streams"),
         ("release_streams", "release"),
+        ("agent_rounds", "agent_rounds"),
         ("heartbeat", "heartbeat"),
         ("budget", "budget"),
     ):
@@ -1059,6 +1294,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             setattr(plan, attr, value)
     if not 0 < plan.requests <= 20000 or not 0 < plan.streams <= 20000 or not 0 < plan.cpu_frames <= 10000:
         raise SystemExit("counts out of range (requests/streams <= 20000, frames <= 10000)")
+    if not 0 < plan.agent_rounds <= 20000:
+        raise SystemExit("counts out of range (agent rounds <= 20000)")
     return plan
 
 
@@ -1105,7 +1342,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{command.strip()}  ({report['elapsed_s']} s; {report['machine']['cpus']} CPUs, "
           f"Python {report['machine']['python']}, load {report['machine']['loadavg_start']}; "
           f"server engine {args.engine}, held streams over {args.hold_wire})", file=out)  # fmt: skip
-    print(table(results, plan.heartbeat), file=out)
+    if set(phases) & set(DEFAULT_PHASES):  # the table has no row of the agent phase: its lines come below
+        print(table(results, plan.heartbeat), file=out)
     extra = details(results)
     if extra:
         print(extra, file=out)

@@ -6,7 +6,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["SEED", "STAGES", "TARGET", "details", "floor_line", "machine", "table"]
+__all__ = ["SEED", "STAGES", "TARGET", "agent_lines", "details", "floor_line", "machine", "table"]
 
 # The issue's requirement, and the seed's figures measured on the same rig (quoted in scripts/README.md).
 TARGET = {"added_ms": 1.0, "ttft_added_ms": 1.5, "cpu_us": 20.0, "streams": 5000, "kib": 64.0, "release_extra_s": 1.0}
@@ -238,6 +238,7 @@ def details(results: dict[str, Any]) -> str:
             )
         elif b:
             out.append(f"cpu offline replay: {b.get('error')}")
+    out.extend(agent_lines(results.get("agent")))
     s = results.get("streams") or {}
     if "held" in s:
         fin = s.get("release_all_fin") or {}
@@ -253,6 +254,49 @@ def details(results: dict[str, Any]) -> str:
         if s.get("first_error"):
             out.append(f"streams: first error: {s['first_error']}")
     return "\n".join(out)
+
+
+def agent_lines(r: dict[str, Any] | None) -> list[str]:
+    """The agent phase (opt-in): a tool-call answer against a text answer of the same upstream stream."""
+    if not r:
+        return []
+    if "nonstream" not in r:
+        return [f"agent: {problem(r)}"]
+    out = [
+        f"agent: one {r['answer_chars']}-char <tool_call> answer ({r['upstream_frames']} upstream frames of "
+        f"{r['upstream_chunk_chars']} chars), with tools (a tool call) and without (text); {r['rounds']} "
+        f"interleaved rounds of 4 kinds in {r['wall_s']} s; p50/p99 ms, tool added and tool/text ratio:"
+    ]
+    width = len("streamed, to first delta")
+    for key, label in (
+        ("nonstream", "non-streamed"),
+        ("stream_first_delta", "streamed, to first delta"),
+        ("stream_done", "streamed, to [DONE]"),
+    ):
+        v = r[key]
+        out.append(
+            f"agent:   {label.ljust(width)}  text {fmt(v['text']['p50_ms'], 3)} / {fmt(v['text']['p99_ms'], 3)}, "
+            f"tool {fmt(v['tool']['p50_ms'], 3)} / {fmt(v['tool']['p99_ms'], 3)}: added "
+            f"{signed(v['added_p50_ms'])} / {signed(v['added_p99_ms'])} ms, {fmt(v['ratio_p50'])}x / "
+            f"{fmt(v['ratio_p99'])}x"
+        )
+    cpu = r.get("worker_cpu_ms_per_request") or {}
+    if cpu.get("text") is not None:
+        parts = []
+        for label, text, tool, key in (
+            ("non-streamed", "text", "tool", "worker_cpu_tool_added_nonstream"),
+            ("streamed", "text_stream", "tool_stream", "worker_cpu_tool_added_stream"),
+        ):
+            added = r.get(key) or {}
+            parts.append(
+                f"{label} text {fmt(cpu.get(text), 3)} / tool {fmt(cpu.get(tool), 3)} ms "
+                f"({signed(added.get('added_ms'))} ms, {fmt(added.get('ratio'))}x)"
+            )
+        out.append(
+            f"agent:   worker CPU per request (medians of {r['cpu_blocks_per_kind']} blocks of {r['cpu_block']} per "
+            "kind; added and ratio: medians of tool block vs text block of the same round): " + "; ".join(parts)
+        )
+    return out
 
 
 def floor_line(results: dict[str, Any]) -> str:

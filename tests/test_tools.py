@@ -318,6 +318,8 @@ def test_the_gate_releases_long_prose_with_everything_held_so_far() -> None:
     assert not gate.held and sent == head + tail + " more"
     gate, sent = gate_after(SPEC, "```python\n", "print('hi')\n" * 30)  # code, not a JSON fence
     assert not gate.held and sent.startswith("```python")
+    gate, sent = gate_after(SPEC, "<t", "able><tr><td>", "x" * 300)  # began like the call tag, then was not
+    assert not gate.held and sent.startswith("<table>")
 
 
 def test_the_gate_holds_everything_for_output_formats_and_required_calls() -> None:
@@ -373,3 +375,20 @@ def test_custom_tools_from_chat_and_responses_bodies_and_history() -> None:
     )
     assert transcript.turns[1][1] == call_text("apply_patch", json.dumps({"input": PATCH}))
     assert transcript.turns[2][1].startswith('<tool_response name="apply_patch" call_id="call_9">')
+
+
+def test_a_schema_no_validator_can_use_is_a_400() -> None:
+    broken = {"type": "function", "function": {"name": "f", "parameters": {"type": "str"}}}
+    with pytest.raises(APIError) as caught:
+        chat_agent_spec({"tools": [broken]})
+    assert caught.value.status == 400 and caught.value.param == "tools" and "'f'" in caught.value.message
+    with pytest.raises(APIError) as caught:
+        responses_agent_spec({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"required": 3}}}})
+    assert caught.value.param == "text.format"
+
+
+def test_a_whole_file_as_an_argument_is_read_intact() -> None:
+    """An agent writing a file sends it as an argument (2 MB here); the block reader is plain string search."""
+    content = "x = 1\n" * 350_000
+    text = "<tool_call>" + json.dumps({"name": "get_time", "arguments": {"zone": content}}) + "</tool_call>"
+    assert calls(text) == [("get_time", {"zone": content})]

@@ -159,12 +159,14 @@ class AnswerGate:
     released at once. Structured output and a required call are held whole. Reasoning and sources always pass.
     """
 
-    __slots__ = ("_spec", "released")
+    __slots__ = ("_spec", "released", "_to_the_end")
 
     def __init__(self, spec: AgentSpec | None) -> None:
         self._spec = spec
         # Nothing to hold: no tools offered (or tool_choice none) and no output format.
         self.released = spec is None or (not spec.offers_tools and spec.output is None)
+        # Held whole, whatever comes: structured output and required calls, or an answer that starts like a call.
+        self._to_the_end = spec is not None and (spec.output is not None or spec.must_call)
 
     @property
     def held(self) -> bool:
@@ -176,32 +178,43 @@ class AnswerGate:
         if self.released:
             return pieces
         out = [piece for piece in pieces if piece.kind != "content"]
-        if any(piece.kind == "content" for piece in pieces) and self._is_text(turn.content):
+        if not self._to_the_end and any(piece.kind == "content" for piece in pieces) and self._is_text(turn.content):
             self.released = True
             out.append(Piece("content", turn.content))
         return out
 
     def _is_text(self, content: str) -> bool:
-        spec = self._spec
-        if spec is None or spec.output is not None or spec.must_call:
-            return False
+        # Runs only while undecided, that is while the answer is short: reading it again is cheap.
         text = content.lstrip()
-        if not text or "<tool_call" in text or _could_open_call(text):
+        if not text:
             return False
-        return len(text) > MAX_PROSE_AROUND_CALLS
+        opening = _call_opening(text)
+        if opening == "call" or "<tool_call>" in text:
+            self._to_the_end = True  # decided: the reader settles it once it is complete
+            return False
+        # Past this much prose an answer is text by the reader's own rule, whatever follows.
+        return opening == "text" and len(text) > MAX_PROSE_AROUND_CALLS
 
 
-def _could_open_call(text: str) -> bool:
-    """True when `text` starts like a call: JSON, a (possibly unfinished) `<tool_call>` tag or a JSON fence."""
+def _call_opening(text: str) -> str:
+    """How `text` (not empty) starts: "call" (JSON, the call tag, a JSON fence), "maybe" (a prefix of those) or
+    "text"."""
     if text[0] in "{[":
-        return True
+        return "call"
     if text.startswith("<"):
-        return "<tool_call>".startswith(text[:11])
+        if text.startswith(_CALL_TAG):
+            return "call"
+        return "maybe" if _CALL_TAG.startswith(text) else "text"
     if text.startswith("```"):
         line_end = text.find("\n")
-        language = text[3 : line_end if line_end >= 0 else None].strip().lower()
-        return language in ("", "json") or line_end < 0 and "json".startswith(language)
-    return False
+        if line_end < 0:
+            language = text[3:].strip().lower()
+            return "maybe" if "json".startswith(language) else "text"
+        return "call" if text[3:line_end].strip().lower() in ("", "json") else "text"
+    return "text"
+
+
+_CALL_TAG = "<tool_call>"
 
 
 class AgentStream:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -43,7 +44,7 @@ __all__ = [
 # that merely mentions a call, and stays text.
 MAX_PROSE_AROUND_CALLS = 200
 
-_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _WHOLE_FENCE = re.compile(r"\A```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)\n?[ \t]*```\Z", re.S)
 _ANY_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)\n?[ \t]*```", re.S)
 _FENCES_ONLY = re.compile(r"\A(?:\s*```[ \t]*(?:json|JSON)?[ \t]*\n.*?\n?[ \t]*```\s*)+\Z", re.S)
@@ -234,9 +235,8 @@ def read_tool_calls(text: str, spec: AgentSpec) -> Reading:
         return Reading()
     tools = {tool.name: tool for tool in spec.tools}
     text = text.strip()
-    blocks = _CALL_BLOCK.findall(text)
+    blocks, prose = _call_blocks(text)
     if blocks:
-        prose = _CALL_BLOCK.sub("", text).strip()
         if len(prose) > MAX_PROSE_AROUND_CALLS:
             return Reading()
         return _checked([_call_object(_strip_fence(block)) for block in blocks], tools, spec, canonical=True)
@@ -249,6 +249,24 @@ def read_tool_calls(text: str, spec: AgentSpec) -> Reading:
     if not all(item["name"] in tools for item in objects):
         return Reading()  # JSON that names no tool of ours is an answer, not a call
     return _checked(objects, tools, spec, canonical=False)
+
+
+def _call_blocks(text: str) -> tuple[list[str], str]:
+    """The bodies of the `<tool_call>` blocks (the last may lack its closing tag) and the prose around them.
+
+    Plain string search, linear in the answer: arguments can be whole files an agent writes.
+    """
+    blocks: list[str] = []
+    prose: list[str] = []
+    position = 0
+    while (start := text.find(_OPEN, position)) >= 0:
+        prose.append(text[position:start])
+        end = text.find(_CLOSE, start)
+        body_end = end if end >= 0 else len(text)
+        blocks.append(text[start + len(_OPEN) : body_end].strip())
+        position = body_end + len(_CLOSE) if end >= 0 else len(text)
+    prose.append(text[position:])
+    return blocks, "".join(prose).strip()
 
 
 def _bare_candidate(text: str) -> Any:
@@ -351,14 +369,25 @@ def _custom_arguments(raw: Any, item: dict[str, Any]) -> Any:
 
 def _schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
     try:
-        validator_class = jsonschema.validators.validator_for(schema)
-        error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(value))
+        validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
     except jsonschema.exceptions.SchemaError as exc:
         return f"the schema itself is invalid ({exc.message})"
+    if validator.is_valid(value):  # the usual case, without collecting errors
+        return None
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return None
     where = "/".join(str(part) for part in error.absolute_path)
     return f"{error.message}" + (f" (at {where})" if where else "")
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: bytes) -> Any:
+    """A checked validator for a schema (by its canonical JSON): agents send the same tools every turn."""
+    schema = orjson.loads(schema_json)
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
+    return validator_class(schema)
 
 
 def _clip(text: str, size: int = 200) -> str:
@@ -439,7 +468,7 @@ def chat_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
     elif fmt.get("type") == "json_schema":
         details = fmt.get("json_schema") or {}
         output = OutputFormat("json_schema", details.get("schema"), details.get("name"))
-    return _spec(tools, choice, body.get("parallel_tool_calls"), output)
+    return _spec(tools, choice, body.get("parallel_tool_calls"), output, "response_format")
 
 
 def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
@@ -461,7 +490,7 @@ def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
         output = OutputFormat("json_object")
     elif fmt.get("type") == "json_schema":
         output = OutputFormat("json_schema", fmt.get("schema"), fmt.get("name"))
-    return _spec(tools, _chat_choice(body.get("tool_choice")), body.get("parallel_tool_calls"), output)
+    return _spec(tools, _chat_choice(body.get("tool_choice")), body.get("parallel_tool_calls"), output, "text.format")
 
 
 def _chat_choice(choice: Any) -> Any:
@@ -497,7 +526,9 @@ _CHOICE_HINT = (
 _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
-def _spec(tools: list[Tool], choice: Any, parallel: bool | None, output: OutputFormat | None) -> AgentSpec | None:
+def _spec(
+    tools: list[Tool], choice: Any, parallel: bool | None, output: OutputFormat | None, output_param: str
+) -> AgentSpec | None:
     mode, named = "auto", None
     if isinstance(choice, str) and choice in ("auto", "none", "required"):
         mode = choice
@@ -513,8 +544,23 @@ def _spec(tools: list[Tool], choice: Any, parallel: bool | None, output: OutputF
     if mode == "named" and named not in {tool.name for tool in tools}:
         message = f"tool_choice names the tool '{named}', which is not among the request's tools."
         raise APIError(400, message, code="invalid_value", param="tool_choice")
+    for tool in tools:
+        _check_schema(tool.parameters, f"The parameters of the tool '{tool.name}'", "tools")
+    if output is not None and output.schema is not None:
+        _check_schema(output.schema, "The output format's schema", output_param)
     spec = AgentSpec(tuple(tools), mode, named, parallel is not False, output)
     return spec if spec.offers_tools or output is not None else None
+
+
+def _check_schema(schema: Any, what: str, param: str) -> None:
+    """400 for a schema no validator can use (as OpenAI refuses one), instead of failing every answer later."""
+    if not isinstance(schema, dict):
+        raise APIError(400, f"{what} must be a JSON Schema object.", code="invalid_value", param=param)
+    try:
+        _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    except jsonschema.exceptions.SchemaError as exc:
+        message = f"{what} is not a valid JSON Schema: {_clip(exc.message)}"
+        raise APIError(400, message, code="invalid_value", param=param) from exc
 
 
 def _tool_name(entry: Any) -> str | None:
