@@ -17,6 +17,7 @@ from api import register_blueprints
 from api.config import SettingError, defaults, load_dotenv_file, settings_from_env, validate
 from api.edge import quotas
 from api.edge.auth import authenticate, configured_keys
+from api.edge.errors import is_anthropic_request
 from api.edge.errors import register as register_errors
 from api.state import ServerState
 from api.state import init_app as init_state
@@ -72,6 +73,8 @@ def _install_hooks(app: Flask, server: ServerState, keys: tuple[bytes, ...]) -> 
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
+        if is_anthropic_request():  # where the Anthropic SDKs look for it
+            response.headers["request-id"] = response.headers["X-Request-ID"]
         route = request.url_rule.rule if request.url_rule else "unmatched"
         server.counters[route] += 1
         server.metrics.requests.labels(request.method, route, str(response.status_code)).inc()

@@ -1,4 +1,4 @@
-"""The HTTP layer: OpenAI-shaped endpoints over the Perplexity client, grouped by concern.
+"""The HTTP layer: OpenAI- and Anthropic-shaped endpoints over the Perplexity client, grouped by concern.
 
 - `edge/`: what every request passes through at the HTTP edge: errors (the one exception-to-HTTP mapping),
   API keys, quotas, Prometheus metrics, SSE encoding.
@@ -6,7 +6,8 @@
   (citations, stop sequences, length limits), completion objects, the model map, and `continuity`, the one
   thread rule for every endpoint family.
 - `stores/`: conversations and stored responses (records and interfaces, memory, Redis) and the token file.
-- `chat/`, `responses/`, `completions/`, `models/`, `ops/`: one package per endpoint family, each a blueprint.
+- `chat/`, `responses/`, `messages/` (Anthropic's API), `completions/`, `models/`, `ops/`: one package per
+  endpoint family, each a blueprint.
 - `steps`: the view steps the answering families share (body, limits, stream slots, opening the upstream, the
   one stream-failure path); `state`: the worker's shared state; `config`: every setting, validated.
 
@@ -26,7 +27,7 @@ __all__ = ["register_blueprints"]
 
 def register_blueprints(app: Flask) -> None:
     """Register every endpoint family's blueprint."""
-    from . import chat, completions, models, ops, responses
+    from . import chat, completions, messages, models, ops, responses
 
-    for family in (chat, responses, completions, models, ops):
+    for family in (chat, responses, messages, completions, models, ops):
         app.register_blueprint(family.bp)

@@ -24,6 +24,7 @@ __all__ = [
     "defaults",
     "gunicorn_settings",
     "load_dotenv_file",
+    "parse_model_map",
     "settings_from_env",
     "validate",
 ]
@@ -106,6 +107,28 @@ def _impersonation(value: str) -> str | None:
     return f"must be auto, off or a curl_cffi browser such as chrome, safari or firefox, not {value!r}"
 
 
+def parse_model_map(value: str) -> list[tuple[str, str]]:
+    """`ANTHROPIC_MODEL_MAP`: comma-separated `pattern=model` pairs (fnmatch patterns), in order; ValueError if
+    a pair is malformed."""
+    pairs = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        pattern, sep, model = item.partition("=")
+        if not sep or not pattern.strip() or not model.strip():
+            raise ValueError(f"{item.strip()!r} is not pattern=model")
+        pairs.append((pattern.strip(), model.strip()))
+    return pairs
+
+
+def _model_map(value: str) -> str | None:
+    try:
+        parse_model_map(value)
+    except ValueError as exc:
+        return f"must be comma-separated pattern=model pairs: {exc}"
+    return None
+
+
 def _log_level(value: str) -> str | None:
     return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}, not {value!r}"
 
@@ -136,6 +159,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPENAI_API_KEY", None, str, "Key clients must send as Bearer token (one key)", True),
     Setting("API_KEYS", None, str, "Comma-separated keys clients may send (several callers)", True),
     Setting("DEFAULT_MODEL", "perplexity-auto", str, "Model used when a request names none"),
+    Setting(
+        "ANTHROPIC_MODEL_MAP", None, str, "Anthropic model names to serve as which model: pattern=model, ...",
+        check=_model_map,
+    ),
     Setting(
         "DEFAULT_CITATION_MODE", "default", str, "default keeps [n], markdown links them, clean drops them",
         choices=CITATION_MODES,

@@ -29,6 +29,7 @@ from .conftest import ROOT, free_port
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL must be one of CRITICAL"),
         ("ENABLE_RATE_LIMITING", "yes please", "ENABLE_RATE_LIMITING must be true or false"),
         ("REQUESTS_PER_MINUTE", "sixty", "REQUESTS_PER_MINUTE must be a number"),
+        ("ANTHROPIC_MODEL_MAP", "claude-*haiku*", "ANTHROPIC_MODEL_MAP must be comma-separated pattern=model pairs"),
     ],
 )
 def test_create_app_refuses_an_unusable_setting_naming_it(name, value, expected):

@@ -9,8 +9,8 @@ import orjson
 
 from ..core.agent import AgentOutcome, AgentStream, fragments
 from ..core.completion import CompletionMeta, chunk, extras, tool_call_object, usage
-from ..core.streaming import turn_pieces
-from ..core.turn import ChatTurn
+from ..core.streaming import relay, turn_pieces
+from ..core.turn import ChatTurn, Piece
 from ..edge.sse import DONE, PING, encode
 
 if TYPE_CHECKING:
@@ -113,16 +113,11 @@ def chat_chunks(
 
 def _settled(agent: AgentStream, turn: ChatTurn, encoder: ChunkEncoder) -> Generator[bytes, None, AgentOutcome]:
     """Run the agent's settling (a repair turn, if any): its reasoning as deltas, pings in its silences."""
-    steps = agent.finish(turn)
-    while True:
-        try:
-            pieces = next(steps)
-        except StopIteration as done:
-            return done.value
-        if pieces is None:
-            yield PING
-        elif pieces:
-            yield b"".join(encoder.delta({"reasoning_content": p.text, "reasoning": p.text}) for p in pieces)
+
+    def reasoning(pieces: list[Piece]) -> bytes:
+        return b"".join(encoder.delta({"reasoning_content": p.text, "reasoning": p.text}) for p in pieces)
+
+    return (yield from relay(agent.finish(turn), reasoning, PING))
 
 
 def _settled_deltas(outcome: AgentOutcome, encoder: ChunkEncoder) -> Iterator[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -13,8 +13,9 @@ import orjson
 from .errors import APIError
 from .tools import call_text, tool_result_text
 
-__all__ = ["Attachment", "Transcript", "flatten_query", "read_messages"]
+__all__ = ["Attachment", "Transcript", "flatten_query", "locate_error", "read_messages"]
 
+_MESSAGES_PARAM = re.compile(r"^messages(?:\[(\d+)\])?(.*)$")
 _DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,(?P<data>.*)$", re.S)
 # Reasoning a client echoes back inside an assistant turn (Open WebUI, pydantic-ai and others wrap it so): it
 # was never part of the answer, so it is dropped, and the turn matches the answer remembered for its thread.
@@ -172,3 +173,16 @@ def flatten_query(transcript: Transcript) -> str:
         parts.append("Conversation so far:\n" + "\n\n".join(lines))
     parts.append(f"Question: {question}")
     return "\n\n".join(parts)
+
+
+def locate_error(error: APIError, origins: list[str], whole: str = "input") -> APIError:
+    """Point a chat-core error about `messages[i]…` at the request field that message came from (`origins[i]`:
+    the Responses API's `input[j]`, the Messages API's `messages[j]`, ...); `whole` names the field when it
+    cannot say which."""
+    match = _MESSAGES_PARAM.match(error.param or "")
+    if match is None:
+        return error
+    index, rest = match.groups()
+    if index is None or int(index) >= len(origins):
+        return replace(error, param=whole)
+    return replace(error, param=origins[int(index)] + rest)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from perplexity.catalogue import Catalogue
 from perplexity.types import ModelInfo
@@ -98,6 +101,11 @@ class PublicModel:
         """The OpenAI `Model` object."""
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
 
+    def anthropic(self) -> dict[str, object]:
+        """Anthropic's `ModelInfo` object."""
+        created = datetime.fromtimestamp(self.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"type": "model", "id": self.id, "display_name": self.label, "created_at": created}
+
 
 def _owner(info: ModelInfo) -> str:
     if info.provider:
@@ -129,3 +137,39 @@ class ModelMap:
     def resolve(self, model_id: str) -> PublicModel | None:
         """The model for a public id or a raw upstream id; None when unknown."""
         return self._by_id.get(model_id) or self._upstream.get(model_id)
+
+    def resolve_anthropic(self, name: str, overrides: Sequence[tuple[str, str]], default: str) -> PublicModel | None:
+        """The model an Anthropic client's name (`claude-sonnet-4-5-20250929`, `claude-opus-4-1`, `sonnet`) selects.
+
+        In order: the first `overrides` pattern (fnmatch, case-insensitive) the name matches; a public or upstream
+        id of ours; the catalogue's newest non-thinking Claude model of the name's family (opus, sonnet, haiku,
+        ...); `default` for any other Claude name. None for a name that is none of these (a 404).
+        """
+        key = _ONE_M.sub("", name.strip())  # Claude Code's 1M-context suffix is a client-side choice
+        for pattern, target in overrides:
+            if fnmatch.fnmatchcase(key.lower(), pattern.lower()) and (found := self.resolve(target)) is not None:
+                return found
+        found = self.resolve(key)
+        if found is not None:
+            return found
+        lowered = key.lower()
+        family = next((word for word in _CLAUDE_FAMILIES if word in lowered), None)
+        if family is None and "claude" not in lowered:
+            return None
+        candidates = [
+            m for m in self._by_id.values()
+            if m.owned_by == "anthropic" and not m.reasoning and family is not None and family in m.id
+        ]  # fmt: skip
+        if candidates:
+            return max(candidates, key=lambda m: _version(m.id))
+        return self.resolve(default)
+
+
+# Claude model families, as they appear in Anthropic's names and in the catalogue's readable ids.
+_CLAUDE_FAMILIES = ("opus", "sonnet", "haiku", "fable", "mythos")
+_ONE_M = re.compile(r"\[1m\]$", re.IGNORECASE)
+
+
+def _version(model_id: str) -> tuple[float, ...]:
+    """The version numbers in a readable id (claude-4.8-opus -> (4.8,)), for picking the newest."""
+    return tuple(float(number) for number in re.findall(r"\d+(?:\.\d+)?", model_id))

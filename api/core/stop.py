@@ -20,6 +20,7 @@ class StopScanner:
         self._stops = tuple(dict.fromkeys(stop for stop in stops if stop))
         self._held = ""
         self._stopped = False
+        self.matched: str | None = None  # the stop string that ended the text (Anthropic reports it)
 
     @property
     def stopped(self) -> bool:
@@ -55,8 +56,12 @@ class StopScanner:
         return text
 
     def _first_hit(self, buffer: str) -> int | None:
-        hits = [index for index in (buffer.find(stop) for stop in self._stops) if index >= 0]
-        return min(hits, default=None)
+        """Where the earliest stop string starts in `buffer` (None: nowhere); `matched` names it."""
+        hits = [(index, stop) for stop in self._stops if (index := buffer.find(stop)) >= 0]
+        if not hits:
+            return None
+        index, self.matched = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
+        return index
 
     def _partial_suffix(self, buffer: str) -> int:
         # Length of the longest proper prefix of some stop string that `buffer` ends with.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import TypeVar
 
 from perplexity.stream import AskStream
 
 from .turn import ChatTurn, Piece
 
-__all__ = ["ClientGone", "read_whole", "turn_pieces"]
+__all__ = ["ClientGone", "read_whole", "relay", "turn_pieces"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ClientGone(Exception):
@@ -53,3 +57,17 @@ def read_whole(stream: AskStream, turn: ChatTurn) -> None:
                 break
     if turn.completed is not None and turn.completed.revised and turn.finish_reason == "stop":
         turn.rerender(turn.completed.final_answer)  # a whole answer can take Perplexity's revision
+
+
+def relay(steps: Generator[T | None, None, R], write: Callable[[T], bytes], ping: bytes) -> Generator[bytes, None, R]:
+    """Run `steps` inside a stream: each item it yields is written with `write` (empty items skipped), each None
+    is a heartbeat (`ping`); returns what `steps` returns (an agent turn's settled outcome, for instance)."""
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as done:
+            return done.value
+        if item is None:
+            yield ping
+        elif item:
+            yield write(item)

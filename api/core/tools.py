@@ -25,6 +25,7 @@ from .errors import APIError
 
 __all__ = [
     "MAX_PROSE_AROUND_CALLS",
+    "anthropic_agent_spec",
     "AgentSpec",
     "OutputFormat",
     "Reading",
@@ -491,6 +492,27 @@ def responses_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
     elif fmt.get("type") == "json_schema":
         output = OutputFormat("json_schema", fmt.get("schema"), fmt.get("name"))
     return _spec(tools, _chat_choice(body.get("tool_choice")), body.get("parallel_tool_calls"), output, "text.format")
+
+
+def anthropic_agent_spec(body: dict[str, Any]) -> AgentSpec | None:
+    """The AgentSpec of an Anthropic Messages body: client tools (`input_schema`), `tool_choice`, and structured
+    output (`output_config.format`, or the older top-level `output_format`).
+
+    Server tools (a versioned `type` such as `web_search_20250305`) are not part of it: the Messages family
+    answers web search natively and runs no other server tool.
+    """
+    tools = [
+        Tool(t["name"], t.get("description") or "", t.get("input_schema") or _EMPTY_PARAMETERS)
+        for t in body.get("tools") or ()
+        if t.get("type") in (None, "custom") and isinstance(t.get("name"), str)
+    ]
+    choice = body.get("tool_choice") or {}
+    parallel = not choice.get("disable_parallel_tool_use")
+    mode = {"any": "required", "tool": "function"}.get(choice.get("type"), choice.get("type") or "auto")
+    chat_choice: Any = {"type": "function", "function": {"name": choice.get("name")}} if mode == "function" else mode
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format") or {}
+    output = OutputFormat("json_schema", fmt.get("schema")) if fmt.get("type") == "json_schema" else None
+    return _spec(tools, chat_choice, parallel, output, "output_config.format")
 
 
 def _chat_choice(choice: Any) -> Any:

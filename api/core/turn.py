@@ -78,6 +78,11 @@ class ChatTurn:
         return self._parts[0] if self._parts else ""
 
     @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the answer, if one did."""
+        return self._stopper.matched if self._stopper.stopped else None
+
+    @property
     def annotations(self) -> list[dict[str, object]]:
         """url_citation annotations inside the content handed out."""
         size = self._length

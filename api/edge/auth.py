@@ -36,20 +36,27 @@ def _client_address() -> str:
 
 
 def authenticate(keys: tuple[bytes, ...]) -> None:
-    """Check the bearer key (constant time) and record the caller on `g`; 401 when it does not match."""
+    """Check the key (Bearer, else x-api-key; constant time) and record the caller on `g`; 401 when it does not
+    match."""
     if not keys:
         g.caller = "ip:" + _client_address()
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     offered = token.strip().encode() if scheme.lower() == "bearer" else b""
+    if not offered:  # Anthropic clients send the key as x-api-key (Claude Code's ANTHROPIC_API_KEY)
+        offered = request.headers.get("x-api-key", "").strip().encode()
     # Compare against every key so the time taken does not tell which one (or how much) matched.
     matched = None
     for key in keys:
         if hmac.compare_digest(offered, key) and matched is None:
             matched = key
     if matched is None:
-        message = "Incorrect API key provided." if offered else "Missing API key: send 'Authorization: Bearer <key>'."
+        message = (
+            "Incorrect API key provided."
+            if offered
+            else "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')."
+        )
         raise APIError(401, message, "invalid_request_error", "invalid_api_key")
     g.caller = _key_id(matched)
 

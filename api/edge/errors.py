@@ -1,4 +1,9 @@
-"""The one mapping from exceptions to OpenAI-shaped error responses, and its Flask handlers."""
+"""The one mapping from exceptions to error responses, and its Flask handlers.
+
+Errors are OpenAI-shaped (`{"error": {message, type, param, code}}`), except for the Anthropic family
+(`/v1/messages…`, or any request carrying `anthropic-version`), which gets Anthropic's shape
+(`{"type": "error", "error": {type, message}, "request_id"}`) with Anthropic's status for an unavailable upstream.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -16,7 +21,15 @@ from ..core.errors import APIError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["APIError", "error_payload", "error_response", "register", "to_api_error"]
+__all__ = [
+    "APIError",
+    "anthropic_error",
+    "error_payload",
+    "error_response",
+    "is_anthropic_request",
+    "register",
+    "to_api_error",
+]
 
 
 _NO_RETRY = {"x-should-retry": "false"}
@@ -103,11 +116,61 @@ def error_payload(error: APIError) -> dict[str, Any]:
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
+# Anthropic's error types by status (its API reference); statuses it has no type for fall to api_error.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+# Our model failing the prompt protocol is an internal failure to Anthropic clients, not an unavailable upstream.
+_MODEL_FAILURES = ("tool_call_failed", "invalid_json_output")
+
+
+def is_anthropic_request() -> bool:
+    """True for the Anthropic family: its paths, or a request from an Anthropic client (an `anthropic-version`
+    header, a key in `x-api-key` alone, or Claude Code's or an Anthropic SDK's user agent) on a shared path."""
+    if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
+        return True
+    if "x-api-key" in request.headers and "Authorization" not in request.headers:
+        return True
+    return request.headers.get("User-Agent", "").startswith(("claude-cli/", "Anthropic/"))
+
+
+def anthropic_error(error: APIError, request_id: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Anthropic's status and body for `error`: an unavailable upstream (502) is 529 overloaded_error, which
+    Anthropic clients know to wait out; a session problem (503) stays 503. Needs no request context (streams
+    build their error event after the view returned)."""
+    status = error.status
+    if status == 502 and error.code in _MODEL_FAILURES:
+        status = 500
+    elif status == 502:
+        status = 529
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    if status == 503:
+        kind = "overloaded_error" if error.code == "upstream_overloaded" else "api_error"
+    message = f"{error.message} ({error.code})" if error.code and status >= 500 else error.message
+    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
+    return status, body
+
+
 def error_response(error: APIError) -> Response:
-    """A JSON response for `error` with its status and headers."""
-    response = Response(orjson.dumps(error_payload(error)), status=error.status, mimetype="application/json")
+    """A JSON response for `error` with its status and headers, in the request's family's shape."""
+    anthropic = has_request_context() and is_anthropic_request()
+    status, body = anthropic_error(error, g.get("request_id")) if anthropic else (error.status, error_payload(error))
+    response = Response(orjson.dumps(body), status=status, mimetype="application/json")
     for name, value in error.headers.items():
         response.headers[name] = value
+    if anthropic:  # the Anthropic SDKs read the id from this header (`APIStatusError.request_id`)
+        response.headers["request-id"] = str(g.get("request_id") or "")
     return response
 
 

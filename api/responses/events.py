@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..core.agent import AgentOutcome, AgentStream, fragments
-from ..core.streaming import turn_pieces
+from ..core.streaming import relay, turn_pieces
 from ..core.tools import ToolCall
 from ..core.turn import ChatTurn, Piece
 from ..edge.errors import to_api_error
@@ -279,17 +279,7 @@ def response_events(
     outcome, held = AgentOutcome(turn), False
     if agent is not None:
         held = agent.gate.held
-        steps = agent.finish(turn)
-        while True:
-            try:
-                pieces = next(steps)
-            except StopIteration as done:
-                outcome = done.value
-                break
-            if pieces is None:
-                yield PING
-            elif pieces:
-                yield b"".join(events.feed(pieces, turn))
+        outcome = yield from relay(agent.finish(turn), lambda pieces: b"".join(events.feed(pieces, turn)), PING)
         if held:
             hooks.first_token()
     closing, response = events.finish(outcome, prompt_text, held=held)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import APIError
 from ..stores.records import StoredResponse
 from .objects import new_id, output_text
 
-__all__ = ["ResponseInput", "chain_history", "locate_error", "read_input", "stored_items"]
+__all__ = ["ResponseInput", "chain_history", "read_input", "stored_items"]
 
 _INSTRUCTION_ROLES = ("system", "developer")
-_MESSAGES_PARAM = re.compile(r"^messages(?:\[(\d+)\])?(.*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +46,6 @@ def _merged(messages: list[dict[str, Any]], message: dict[str, Any]) -> bool:
         return False
     previous["tool_calls"] = [*(previous.get("tool_calls") or ()), *message["tool_calls"]]
     return True
-
-
-def locate_error(error: APIError, origins: list[str]) -> APIError:
-    """Point a chat-core error about `messages[i]…` at the Responses field that message came from."""
-    match = _MESSAGES_PARAM.match(error.param or "")
-    if match is None:
-        return error
-    index, rest = match.groups()
-    if index is None or int(index) >= len(origins):
-        return replace(error, param="input")
-    return replace(error, param=origins[int(index)] + rest)
 
 
 def chain_history(chain: list[StoredResponse]) -> list[dict[str, Any]]:

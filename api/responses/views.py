@@ -12,6 +12,7 @@ from schemas.responses import WEB_SEARCH_TOOLS, CreateResponseRequestSchema
 
 from ..core.agent import AgentOutcome, AgentStream, settle
 from ..core.errors import APIError
+from ..core.messages import locate_error
 from ..core.service import PreparedAsk
 from ..core.tools import AgentSpec, responses_agent_spec
 from ..core.turn import ChatTurn
@@ -20,7 +21,7 @@ from ..state import ServerState, state
 from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
 from ..stores.records import StoredResponse
 from .events import ResponseEvents, response_events
-from .inputs import chain_history, locate_error, read_input, stored_items
+from .inputs import chain_history, read_input, stored_items
 from .objects import ResponseMeta, echo_fields, response_object, response_status, response_usage, whole_output
 
 if TYPE_CHECKING:
