@@ -411,3 +411,33 @@ def test_the_model_map_setting(fake, live_server_factory) -> None:
         opus = client.messages.create(model="claude-opus-4-1", max_tokens=100, messages=ASK)
     assert haiku.model == "perplexity-sonar" and opus.model == "claude-5.0-sonnet"
     assert [ask.json["params"]["model_preference"] for ask in fake.asks[-2:]] == ["experimental", "claude50sonnet"]
+
+
+def test_a_pdf_document_structured_output_and_omitted_thinking(fake, claude) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4\n%fake\n").decode()
+    fake.enqueue(Reply(answer='{"title": "A fake PDF [1]", "pages": 1}', reasoning=True))
+    content = [
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": pdf},
+            "title": "f.pdf",
+        },
+        {"type": "text", "text": "Describe it as JSON."},
+    ]
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "pages": {"type": "integer"}},
+        "required": ["title", "pages"],
+    }
+    message = claude.messages.create(
+        model="opus",
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024, "display": "omitted"},
+        messages=[{"role": "user", "content": content}],
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    )
+    thinking, text = message.content
+    assert thinking.type == "thinking" and thinking.thinking == "" and thinking.signature
+    assert json.loads(text.text) == {"title": "A fake PDF", "pages": 1} and not text.citations
+    assert [name for name, _, _ in fake.uploads.values()] == ["f.pdf"]
+    assert "<output_schema>" in fake.asks[-1].json["query_str"]
