@@ -282,12 +282,20 @@ def test_client_disconnect_closes_the_upstream(fake, live_server):
     assert fake.streams_closed_by_client == 1
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"])
 def test_a_client_leaving_during_upstream_silence_releases_the_upstream(fake, live_server, path):
     """No frame arrives to write: the heartbeat tick sees the client's FIN and closes the upstream."""
     fake.enqueue(Reply(answer=ANSWER, first_byte_delay=30, heartbeat_every=0.2))
     body = {"model": "perplexity-auto", "stream": True}
-    body.update({"messages": USER} if "chat" in path else {"input": "hi"} if "responses" in path else {"prompt": "hi"})
+    body.update(
+        {"messages": USER}
+        if "chat" in path
+        else {"input": "hi"}
+        if "responses" in path
+        else {"messages": USER, "max_tokens": 1024}
+        if "messages" in path
+        else {"prompt": "hi"}
+    )
     response = requests.post(live_server.url + path, json=body, stream=True, timeout=20)
     next(response.iter_content(1))
     assert fake.wait_until(lambda: fake.open_streams == 1)

@@ -159,6 +159,15 @@ def test_concurrent_stream_cap(fake, live_server_factory):
     assert fake.wait_until(lambda: fake.open_streams == 0)
     later = requests.post(server.url + "/v1/chat/completions", json=body, timeout=20)
     assert later.status_code == 200
+    # The same cap holds for the Anthropic family, in its shape.
+    fake.enqueue(Reply(answer="slow " * 40, chunk_size=5, frame_delay=0.1))
+    first = requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=20)
+    next(first.iter_content(16))
+    anthropic_body = {"model": "sonnet", "max_tokens": 100, "messages": USER, "stream": True}
+    second = requests.post(server.url + "/v1/messages", json=anthropic_body, timeout=20)
+    assert second.status_code == 429 and second.json()["error"]["type"] == "rate_limit_error"
+    first.close()
+    assert fake.wait_until(lambda: fake.open_streams == 0)
 
 
 # ---- readiness, stats, metrics ----------------------------------------------------------------

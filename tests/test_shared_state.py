@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
+import anthropic
 import openai
 import pytest
 import redis
@@ -88,6 +89,22 @@ def test_responses_chain_across_workers(fake, live_server_factory, redis_up):
             )
             assert client.responses.retrieve(response.id).id == response.id
         previous = response.id
+    assert [a.json["params"]["query_source"] for a in fake.asks] == ["home"] + ["followup"] * 4
+    assert len({a.thread for a in fake.asks}) == 1
+
+
+def test_a_messages_session_continues_across_workers(fake, live_server_factory, redis_up):
+    """Anthropic clients resend the history each turn; with Redis any worker continues the thread."""
+    key = "ak-" + secrets.token_hex(6)
+    server = live_server_factory(WEB_CONCURRENCY="2", CONVERSATION_STORE_URI=REDIS_URL, API_KEYS=key)
+    messages: list[dict] = [{"role": "user", "content": "Turn 1?"}]
+    for turn in range(2, 7):  # a fresh connection per turn, so both workers take turns
+        with anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0) as client:
+            message = client.messages.create(model="sonnet", max_tokens=1024, messages=messages)
+        messages += [
+            {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in message.content]}
+        ]
+        messages += [{"role": "user", "content": f"Turn {turn}?"}]
     assert [a.json["params"]["query_source"] for a in fake.asks] == ["home"] + ["followup"] * 4
     assert len({a.thread for a in fake.asks}) == 1
 
