@@ -5,6 +5,7 @@
     python scripts/bench.py --quick    # under a minute, smaller counts
     python scripts/bench.py --json out.json
     python scripts/bench.py --phases agent    # tool-call vs text answers only (not part of the default run)
+    python scripts/bench.py --phases messages # Anthropic Messages vs chat streams only (not in the default run)
 
 Everything runs on 127.0.0.1: the fake upstream in its own process, gunicorn (`app:app`, one gevent worker) pointed
 at it, and the measuring client in this process. Five figures, each beside the issue's target and the seed's value:
@@ -12,7 +13,9 @@ non-streamed latency, time to first token, worker CPU per streamed chunk with 4 
 per worker with their memory, and how fast the upstream is released after a client leaves. The first three also
 run through the "stack floor" (bench_floor.py: a minimal Flask + requests pass-through under the same gunicorn
 settings; --no-floor skips it), so the report can tell the stack's cost from our code's. An opt-in sixth phase
-(--phases agent) measures what answering with a tool call adds over a text answer of the same upstream stream.
+(--phases agent) measures what answering with a tool call adds over a text answer of the same upstream stream, an
+opt-in seventh (--phases messages) what POST /v1/messages adds over chat completions in latency and in worker CPU
+per streamed chunk.
 See scripts/README.md.
 Speeds are noisy on a small shared machine: read the ratios and the side-by-side differences, not the absolutes.
 """
@@ -59,7 +62,9 @@ ASK_PATH = "/rest/sse/perplexity_ask?version=2.18&source=default"
 COOKIE = "__Secure-next-auth.session-token"
 
 DEFAULT_PHASES = ("latency", "ttft", "cpu", "streams", "release")
-PHASES = (*DEFAULT_PHASES, "agent")  # `agent` (tool-call vs text answers) runs only when asked for: --phases agent
+# Opt-in phases, run only when named (--phases agent,messages): `agent` (tool-call vs text answers) and `messages`
+# (Anthropic Messages streams vs chat streams).
+PHASES = (*DEFAULT_PHASES, "agent", "messages")
 FLOOR_PHASES = ("latency", "ttft", "cpu")  # the phases that also measure the stack floor (bench_floor.py)
 FLOOR_APP = "bench_floor:app"
 STAGGER = 10  # release phase: batches the streams are opened in, across one heartbeat interval
@@ -85,6 +90,8 @@ class Plan:
     agent_rounds: int = 1000  # agent phase: interleaved rounds of the four request kinds (latency)
     agent_cpu_rounds: int = 30  # agent phase: rounds of one CPU block per kind
     agent_block: int = 10  # agent phase: requests per CPU block
+    messages_rounds: int = 1000  # messages phase: interleaved rounds of its four request kinds (latency)
+    messages_cpu_rounds: int = 8  # messages phase: rounds of one chat and one messages stream (CPU per frame)
 
 
 QUICK = {
@@ -100,6 +107,8 @@ QUICK = {
     "phase_seconds": 10.0,
     "agent_rounds": 300,
     "agent_cpu_rounds": 10,
+    "messages_rounds": 300,
+    "messages_cpu_rounds": 4,
 }
 
 
@@ -530,17 +539,191 @@ def check_call(name: str, arguments: str, kind: str) -> None:
         raise RuntimeError(f"agent {kind}: unexpected tool call {name!r} {arguments[:200]!r}")
 
 
-def versus(text: list[float], tool: list[float]) -> dict[str, Any]:
-    """Latency summaries of a text kind and its tool kind, the tool's added p50/p99 and the p50/p99 ratios."""
+def versus(text: list[float], tool: list[float], names: tuple[str, str] = ("text", "tool")) -> dict[str, Any]:
+    """Latency summaries of a text kind and its tool kind (or of the base and the other side `names` name), the
+    tool's added p50/p99 and the p50/p99 ratios."""
     t, c = summary_ms(text), summary_ms(tool)
     return {
-        "text": t,
-        "tool": c,
+        names[0]: t,
+        names[1]: c,
         "added_p50_ms": round(c["p50_ms"] - t["p50_ms"], 3),
         "added_p99_ms": round(c["p99_ms"] - t["p99_ms"], 3),
         "ratio_p50": round(c["p50_ms"] / t["p50_ms"], 2) if t["p50_ms"] else None,
         "ratio_p99": round(c["p99_ms"] / t["p99_ms"], 2) if t["p99_ms"] else None,
     }
+
+
+# ---- Anthropic Messages streams against chat streams (the messages phase) -------------------------
+
+MESSAGES_MODEL = "claude-sonnet-4-5"  # maps to the catalogue's Claude Sonnet: another model_preference, same answer
+ANTHROPIC_VERSION = "2023-06-01"
+# max_tokens of the CPU streams' messages requests: above their answer (the 4,096 of the latency requests would cut a
+# 2,000-frame answer at 16,384 characters; chat asks for no limit). Claude Sonnet 4.5's own output limit.
+MESSAGES_CPU_MAX_TOKENS = 64000
+# The four request kinds of the messages phase, in the order a round starts from (rotated every round).
+MESSAGES_KINDS = ("chat", "messages", "chat_stream", "messages_stream")
+
+
+@dataclass
+class StreamRead:
+    """One streamed answer as the client read it: seconds to the first text and to the terminal event, the text,
+    its text chunks (chat: chunks with content; messages: `text_delta` events), all events and body bytes."""
+
+    end: float
+    first: float
+    text: str
+    text_chunks: int
+    events: int
+    size: int
+
+
+class Messages:
+    """The same question through the server on both APIs: POST /v1/chat/completions and POST /v1/messages (with
+    `x-api-key` and `anthropic-version`), streamed or not.
+
+    Every call checks its answer against `expected` (status 200; chat: the content and finish_reason `stop`;
+    messages: the text blocks, stop_reason `end_turn`, and for a stream the grammar's ends: message_start first,
+    a message_delta with stop_reason `end_turn`, message_stop last) and raises RuntimeError when it does not."""
+
+    def __init__(self, base_url: str, key: str, expected: str = SHORT_ANSWER, max_tokens: int = 4096) -> None:
+        base = require_loopback(base_url)
+        self.session = session()
+        self.expected = expected
+        chat_headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        messages_headers = {
+            "x-api-key": key,
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+        }
+        question = [{"role": "user", "content": QUERY}]
+        chat: dict[str, Any] = {"model": "perplexity-auto", "messages": question}
+        messages: dict[str, Any] = {"model": MESSAGES_MODEL, "max_tokens": max_tokens, "messages": question}
+        self.requests: dict[str, tuple[str, dict[str, str], bytes]] = {
+            "chat": (base + "/v1/chat/completions", chat_headers, orjson.dumps(chat)),
+            "chat_stream": (base + "/v1/chat/completions", chat_headers, orjson.dumps({**chat, "stream": True})),
+            "messages": (base + "/v1/messages", messages_headers, orjson.dumps(messages)),
+            "messages_stream": (base + "/v1/messages", messages_headers, orjson.dumps({**messages, "stream": True})),
+        }
+
+    def call(self, kind: str) -> tuple[float, float | None]:
+        """One request of `kind`: (seconds to the end, seconds to the first text or None when not streamed)."""
+        if kind.endswith("_stream"):
+            read = self.streamed(kind)
+            return read.end, read.first
+        return self.whole(kind), None
+
+    def whole(self, kind: str) -> float:
+        url, headers, body = self.requests[kind]
+        t0 = time.perf_counter()
+        r = self.session.post(url, data=body, headers=headers)
+        content = r.content
+        elapsed = time.perf_counter() - t0
+        if r.status_code != 200:
+            raise RuntimeError(f"messages phase: {kind} failed: HTTP {r.status_code} {content[:300]!r}")
+        answer = orjson.loads(content)
+        if kind == "chat":
+            choice = (answer.get("choices") or [{}])[0]
+            text, end = (choice.get("message") or {}).get("content"), choice.get("finish_reason")
+            ok = end == "stop"
+        else:
+            blocks = answer.get("content") or []
+            text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+            end = answer.get("stop_reason")
+            ok = answer.get("type") == "message" and end == "end_turn"
+        if not ok or text != self.expected:
+            raise RuntimeError(f"messages phase: unexpected {kind} answer (end {end!r}): {content[:300]!r}")
+        return elapsed
+
+    def streamed(self, kind: str) -> StreamRead:
+        url, headers, body = self.requests[kind]
+        t0 = time.perf_counter()
+        r = self.session.post(url, data=body, headers=headers, stream=True)
+        if r.status_code != 200:
+            raise RuntimeError(f"messages phase: {kind} stream failed: HTTP {r.status_code} {r.content[:300]!r}")
+        read = self.read_chat if kind == "chat_stream" else self.read_messages
+        try:
+            result = read(sse_events(r.iter_content(chunk_size=None), b"\n\n"), t0)
+        finally:
+            r.close()
+        if result.text != self.expected:
+            raise RuntimeError(
+                f"messages phase: {kind} text differs from the answer ({len(result.text)} vs {len(self.expected)} "
+                f"chars): {result.text[:120]!r}"
+            )
+        return result
+
+    @staticmethod
+    def read_chat(events: Iterator[bytes], t0: float) -> StreamRead:
+        first = end = None
+        text: list[str] = []
+        count = size = 0
+        finish = None
+        for event in events:
+            size += len(event) + 2
+            data = event_data(event)
+            if not data:
+                continue
+            count += 1
+            if end is not None:
+                raise RuntimeError(f"messages phase: chat stream has data after [DONE]: {data[:200]!r}")
+            if data == b"[DONE]":
+                end = time.perf_counter() - t0
+                continue
+            body = orjson.loads(data)
+            if "error" in body:
+                raise RuntimeError(f"messages phase: chat stream ended with an error: {data[:300]!r}")
+            choice = (body.get("choices") or [{}])[0]
+            finish = choice.get("finish_reason") or finish
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                if first is None:
+                    first = time.perf_counter() - t0
+                text.append(content)
+        if first is None or end is None or finish != "stop":
+            raise RuntimeError(f"messages phase: chat stream: first text {first}, [DONE] {end}, finish {finish!r}")
+        return StreamRead(end, first, "".join(text), len(text), count, size)
+
+    @staticmethod
+    def read_messages(events: Iterator[bytes], t0: float) -> StreamRead:
+        first = end = None
+        text: list[str] = []
+        count = size = 0
+        kinds: list[str] = []
+        stop = None
+        for event in events:
+            size += len(event) + 2
+            data = event_data(event)
+            if not data:
+                continue
+            count += 1
+            body = orjson.loads(data)
+            kind = body.get("type")
+            name = next((ln[6:].strip() for ln in event.splitlines() if ln.startswith(b"event:")), b"").decode()
+            if name != kind:
+                raise RuntimeError(f"messages phase: event {name!r} carries data of type {kind!r}: {data[:200]!r}")
+            if end is not None:
+                raise RuntimeError(f"messages phase: messages stream has an event after message_stop: {data[:200]!r}")
+            if not kinds and kind != "message_start":
+                raise RuntimeError(f"messages phase: messages stream starts with {kind!r}: {data[:200]!r}")
+            kinds.append(kind)
+            if kind == "error":
+                raise RuntimeError(f"messages phase: messages stream ended with an error: {data[:300]!r}")
+            if kind == "content_block_delta":
+                delta = body.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    text.append(delta["text"])
+            elif kind == "message_delta":
+                stop = (body.get("delta") or {}).get("stop_reason")
+            elif kind == "message_stop":
+                end = time.perf_counter() - t0
+        if first is None or end is None or stop != "end_turn":
+            raise RuntimeError(
+                f"messages phase: messages stream: first text {first}, message_stop {end}, stop_reason {stop!r}; "
+                f"events {kinds[:6]}...{kinds[-4:]}"
+            )
+        return StreamRead(end, first, "".join(text), len(text), count, size)
 
 
 # ---- the run ---------------------------------------------------------------------------------------
@@ -672,7 +855,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         self.fake = FakeProcess(TOKEN, nofile=max(2 * self.plan.streams + 1000, 8192))
         self.direct = Direct(self.fake.url, TOKEN)
-        first = [p for p in ("latency", "ttft", "cpu", "agent", "release") if p in self.phases]
+        first = [p for p in ("latency", "ttft", "cpu", "agent", "messages", "release") if p in self.phases]
         if first and self.setup(first, self.fake.url):
             if self.use_floor and set(first) & set(FLOOR_PHASES):
                 self.start_floor(self.fake.url)
@@ -1186,6 +1369,114 @@ class Bench:
             "worker_cpu_tool_added_stream": added("tool_stream", "text_stream"),
         }
 
+    # ---- 7. Anthropic Messages streams against chat streams (opt-in: --phases messages) ---------------
+
+    def phase_messages(self) -> dict[str, Any]:
+        """The same upstream answer asked for on POST /v1/chat/completions and on POST /v1/messages: what the
+        Messages API adds in latency (non-streamed, streamed to the first text and to the end) and in worker CPU
+        per streamed upstream frame.
+
+        Latency: warm-up, then rounds of one request of each kind (chat, messages, both streamed), rotating which
+        kind goes first. CPU: then rounds of one chat stream and one messages stream of real-shaped 4 KB frames
+        (`realistic_frames`), alternating which goes first, the worker's CPU clock read around each stream once it
+        is idle (20 ms after its end); the same again with streams a tenth as long."""
+        assert self.fake is not None and self.server is not None
+        plan = self.plan
+        reply = Reply(answer=SHORT_ANSWER, chunk_size=1000)
+        self.fake.set_reply(reply)
+        _, sizes, _, _ = self.direct.capture()  # the upstream stream, for the report: frames and bytes
+        client = Messages(self.server.url, API_KEY)
+        kinds = list(MESSAGES_KINDS)
+        for _ in range(max(5, plan.warmup // 5)):
+            for kind in kinds:
+                client.call(kind)
+        total: dict[str, list[float]] = {kind: [] for kind in kinds}
+        first: dict[str, list[float]] = {kind: [] for kind in kinds if kind.endswith("_stream")}
+        end = time.monotonic() + self.left(plan.phase_seconds)
+        t0 = time.perf_counter()
+        rounds = 0
+        while rounds < plan.messages_rounds and time.monotonic() < end:
+            k = rounds % len(kinds)
+            for kind in kinds[k:] + kinds[:k]:
+                elapsed, to_first = client.call(kind)
+                total[kind].append(elapsed)
+                if to_first is not None:
+                    first[kind].append(to_first)
+            rounds += 1
+        wall = time.perf_counter() - t0
+        self.fake.reset()
+        names = ("chat", "messages")
+        result: dict[str, Any] = {
+            "model": MESSAGES_MODEL,
+            "answer_chars": len(SHORT_ANSWER),
+            "upstream_frames": len(sizes) - 1,  # the last event is end_of_stream
+            "upstream_bytes": sum(sizes),
+            "rounds": rounds,
+            "wall_s": round(wall, 2),
+            "nonstream": versus(total["chat"], total["messages"], names),
+            "stream_first_token": versus(first["chat_stream"], first["messages_stream"], names),
+            "stream_done": versus(total["chat_stream"], total["messages_stream"], names),
+        }
+        cpu_end = time.monotonic() + self.left(plan.phase_seconds / 2)
+        result["cpu"] = self.messages_cpu(plan.cpu_frames, plan.messages_cpu_rounds, cpu_end)
+        short_end = time.monotonic() + self.left(plan.phase_seconds / 4)
+        short_frames = max(20, plan.cpu_frames // 10)
+        result["cpu_short"] = self.messages_cpu(short_frames, 2 * plan.messages_cpu_rounds, short_end)
+        return result
+
+    def messages_cpu(self, count: int, rounds: int, end: float) -> dict[str, Any]:
+        """Worker CPU per upstream frame of chat streams and messages streams of the same real-shaped answer
+        (`count` 4 KB frames of REALISTIC_DELTA characters), streams alternating (which goes first rotates).
+        Each side's figure is the median over its streams; added and ratio are the medians over rounds of the
+        messages stream's figure minus (over) the same round's chat stream's, so the machine's drift cancels.
+        The messages requests ask for MESSAGES_CPU_MAX_TOKENS, so that neither answer is cut short."""
+        assert self.fake is not None and self.server is not None
+        frames = realistic_frames(count, REALISTIC_DELTA, self.plan.frame_bytes)
+        upstream_frames = len(frames) - 1  # the last is end_of_stream
+        kinds = ("chat_stream", "messages_stream")
+        per_frame: dict[str, list[float]] = {kind: [] for kind in kinds}
+        reads: dict[str, StreamRead] = {}
+        client = Messages(self.server.url, API_KEY, prose(count * REALISTIC_DELTA), MESSAGES_CPU_MAX_TOKENS)
+        self.fake.set_reply(Reply(frames=frames))
+        try:
+            for kind in kinds:
+                client.streamed(kind)  # warm up
+            time.sleep(0.02)
+            for i in range(rounds):
+                if time.monotonic() > end and i >= 2:
+                    break
+                for kind in kinds if i % 2 == 0 else kinds[::-1]:
+                    before = self.worker_cpu()
+                    reads[kind] = client.streamed(kind)
+                    time.sleep(0.02)  # what the worker does after the response (access log, cleanup) counts here
+                    per_frame[kind].append((self.worker_cpu() - before) / upstream_frames * 1e6)
+        finally:
+            self.fake.reset()
+        chat, messages = per_frame["chat_stream"], per_frame["messages_stream"]
+        pairs = [(m, c) for m, c in zip(messages, chat, strict=False) if c > 0]
+        sizes = sorted(len(orjson.dumps(f)) for f in frames[1:-2])
+
+        def client_side(kind: str) -> dict[str, Any]:
+            read = reads.get(kind)
+            if read is None:
+                return {}
+            return {"text_chunks": read.text_chunks, "events": read.events, "body_bytes": read.size}
+
+        return {
+            "delta_chars": REALISTIC_DELTA,
+            "frame_bytes_p50": sizes[len(sizes) // 2],
+            "upstream_frames_per_stream": upstream_frames,
+            "rounds": len(pairs),
+            "chat_us_per_frame": _median(chat),
+            "messages_us_per_frame": _median(messages),
+            "added_us_per_frame": _median([m - c for m, c in pairs]),
+            "ratio": round(statistics.median(m / c for m, c in pairs), 2) if pairs else None,
+            "chat_us_per_frame_per_stream": [round(v, 1) for v in chat],
+            "messages_us_per_frame_per_stream": [round(v, 1) for v in messages],
+            "chat_client": client_side("chat_stream"),
+            "messages_client": client_side("messages_stream"),
+        }
+
 
 def side_by_side(direct: list[float], server: list[float], floor: list[float] | None = None) -> dict[str, Any]:
     """Latency summaries of both sides plus the added p50/p99 and the p50 ratio; with `floor` (the stack floor's
@@ -1228,7 +1519,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--phases",
         default=",".join(DEFAULT_PHASES),
-        help=f"comma-separated subset of {','.join(PHASES)} (default: all but agent, which runs only when named)",
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all but agent and messages, which run only "
+        "when named)",
     )
     parser.add_argument("--requests", type=int, help="non-streamed requests per side")
     parser.add_argument("--ttft", type=int, help="streamed requests per side for time to first token")
@@ -1238,6 +1530,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, help="concurrent open streams to hold (default 5000)")
     parser.add_argument("--release-streams", type=int, help="streams abandoned in the release phase")
     parser.add_argument("--agent-rounds", type=int, help="agent phase: interleaved rounds of its 4 request kinds")
+    parser.add_argument(
+        "--messages-rounds", type=int, help="messages phase: interleaved rounds of its 4 request kinds (latency)"
+    )
     parser.add_argument("--heartbeat", type=float, help="the server's HEARTBEAT_INTERVAL in seconds (default 1)")
     parser.add_argument("--budget", type=float, help="overall time budget in seconds")
     parser.add_argument("--profile", action="store_true", help="cProfile the offline replay of the CPU phase")
@@ -1286,6 +1581,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("streams", "streams"),
         ("release_streams", "release"),
         ("agent_rounds", "agent_rounds"),
+        ("messages_rounds", "messages_rounds"),
         ("heartbeat", "heartbeat"),
         ("budget", "budget"),
     ):
@@ -1294,8 +1590,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             setattr(plan, attr, value)
     if not 0 < plan.requests <= 20000 or not 0 < plan.streams <= 20000 or not 0 < plan.cpu_frames <= 10000:
         raise SystemExit("counts out of range (requests/streams <= 20000, frames <= 10000)")
-    if not 0 < plan.agent_rounds <= 20000:
-        raise SystemExit("counts out of range (agent rounds <= 20000)")
+    if not 0 < plan.agent_rounds <= 20000 or not 0 < plan.messages_rounds <= 20000:
+        raise SystemExit("counts out of range (agent and messages rounds <= 20000)")
     return plan
 
 
@@ -1342,7 +1638,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{command.strip()}  ({report['elapsed_s']} s; {report['machine']['cpus']} CPUs, "
           f"Python {report['machine']['python']}, load {report['machine']['loadavg_start']}; "
           f"server engine {args.engine}, held streams over {args.hold_wire})", file=out)  # fmt: skip
-    if set(phases) & set(DEFAULT_PHASES):  # the table has no row of the agent phase: its lines come below
+    if set(phases) & set(DEFAULT_PHASES):  # the table has no row of the opt-in phases: their lines come below
         print(table(results, plan.heartbeat), file=out)
     extra = details(results)
     if extra:

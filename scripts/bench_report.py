@@ -6,7 +6,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["SEED", "STAGES", "TARGET", "agent_lines", "details", "floor_line", "machine", "table"]
+__all__ = ["SEED", "STAGES", "TARGET", "agent_lines", "details", "floor_line", "machine", "messages_lines", "table"]
 
 # The issue's requirement, and the seed's figures measured on the same rig (quoted in scripts/README.md).
 TARGET = {"added_ms": 1.0, "ttft_added_ms": 1.5, "cpu_us": 20.0, "streams": 5000, "kib": 64.0, "release_extra_s": 1.0}
@@ -239,6 +239,7 @@ def details(results: dict[str, Any]) -> str:
         elif b:
             out.append(f"cpu offline replay: {b.get('error')}")
     out.extend(agent_lines(results.get("agent")))
+    out.extend(messages_lines(results.get("messages")))
     s = results.get("streams") or {}
     if "held" in s:
         fin = s.get("release_all_fin") or {}
@@ -295,6 +296,51 @@ def agent_lines(r: dict[str, Any] | None) -> list[str]:
         out.append(
             f"agent:   worker CPU per request (medians of {r['cpu_blocks_per_kind']} blocks of {r['cpu_block']} per "
             "kind; added and ratio: medians of tool block vs text block of the same round): " + "; ".join(parts)
+        )
+    return out
+
+
+def messages_lines(r: dict[str, Any] | None) -> list[str]:
+    """The messages phase (opt-in): POST /v1/messages against POST /v1/chat/completions, the same upstream answer."""
+    if not r:
+        return []
+    if "nonstream" not in r:
+        return [f"messages: {problem(r)}"]
+    out = [
+        f"messages: /v1/messages ({r['model']}) vs /v1/chat/completions, one {r['answer_chars']}-char answer "
+        f"({r['upstream_frames']} upstream frames); {r['rounds']} interleaved rounds of 4 kinds in {r['wall_s']} s; "
+        "p50/p99 ms, messages added and messages/chat ratio:"
+    ]
+    width = len("streamed, to first text")
+    for key, label in (
+        ("nonstream", "non-streamed"),
+        ("stream_first_token", "streamed, to first text"),
+        ("stream_done", "streamed, to the end"),
+    ):
+        v = r[key]
+        out.append(
+            f"messages:   {label.ljust(width)}  chat {fmt(v['chat']['p50_ms'], 3)} / {fmt(v['chat']['p99_ms'], 3)}, "
+            f"messages {fmt(v['messages']['p50_ms'], 3)} / {fmt(v['messages']['p99_ms'], 3)}: added "
+            f"{signed(v['added_p50_ms'])} / {signed(v['added_p99_ms'])} ms, {fmt(v['ratio_p50'])}x / "
+            f"{fmt(v['ratio_p99'])}x"
+        )
+    for key in ("cpu", "cpu_short"):
+        c = r.get(key) or {}
+        if c.get("chat_us_per_frame") is None:
+            continue
+        chat, messages = c.get("chat_client") or {}, c.get("messages_client") or {}
+        out.append(
+            f"messages:   worker CPU per upstream frame, {c['upstream_frames_per_stream']:,} real-shaped "
+            f"{c['frame_bytes_p50']:,} B frames per stream (medians of {c['rounds']} rounds of one stream each): "
+            f"chat {fmt(c['chat_us_per_frame'], 1)} us, messages {fmt(c['messages_us_per_frame'], 1)} us: added "
+            f"{signed(c['added_us_per_frame'], 1)} us, {fmt(c['ratio'])}x; client got chat "
+            f"{fmt(chat.get('text_chunks'))} content chunks ({fmt(chat.get('body_bytes'))} B), messages "
+            f"{fmt(messages.get('text_chunks'))} text deltas in {fmt(messages.get('events'))} events "
+            f"({fmt(messages.get('body_bytes'))} B)"
+        )
+        out.append(
+            f"messages:     us/frame per stream: chat {c['chat_us_per_frame_per_stream']}, "
+            f"messages {c['messages_us_per_frame_per_stream']}"
         )
     return out
 

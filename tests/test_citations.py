@@ -288,3 +288,15 @@ def test_default_mode_takes_the_scan():
     renderer._emit = lambda out, text: pytest.fail("the general path ran")  # type: ignore[method-assign]
     assert stream(renderer, [TEXT[:20], TEXT[20:]]) == TEXT
     assert len(renderer.annotations) == 4
+
+
+def test_cited_from_reads_only_new_markers_within_what_was_sent():
+    renderer = CitationRenderer("default", SOURCES)
+    first = renderer.feed("The sky is blue [1]. Grass is green[1][2]! ")
+    index, sources = renderer.cited_from(0, len(first))
+    assert [s.title for s in sources] == ["Sky", "Sky", ""] and index == 3
+    rest = renderer.feed("Oceans are large [3].\nSee [4] too") + renderer.flush()
+    total = len(first) + len(rest)
+    assert renderer.cited_from(index, len(first)) == (3, [])  # nothing new within the first part
+    index, sources = renderer.cited_from(index, total)
+    assert [s.title for s in sources] == ["Water"] and index == 5  # [4] has no source: passed over

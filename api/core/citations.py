@@ -111,6 +111,21 @@ class CitationRenderer:
                 result.append(_annotation(mark.start, mark.end, source))
         return result
 
+    def cited_from(self, start: int, size: int) -> tuple[int, list[CitedSource]]:
+        """The sources cited by the markers from the `start`-th on that end within the first `size` characters
+        emitted, and where to start next time: a stream reads only what is new (the `annotations` list is
+        rebuilt whole on each read). A marker with no source yet is passed over."""
+        found = []
+        index = start
+        for mark in self._marks[start:]:
+            if mark.end > size:
+                break
+            index += 1
+            source = mark.source or self._lookup(mark.number)
+            if source is not None:
+                found.append(source)
+        return index, found
+
     # ---- scanning -------------------------------------------------------------------------------
 
     # Default mode never changes the text, so `_scan` only records marks and code/line state; tests compare it

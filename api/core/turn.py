@@ -88,6 +88,12 @@ class ChatTurn:
         size = self._length
         return [a for a in self._renderer.annotations if a["url_citation"]["end_index"] <= size]  # type: ignore[index]
 
+    def cited_from(self, start: int) -> tuple[int, list[Source]]:
+        """The sources the content handed out cites from its `start`-th marker on, and the next start (see
+        `CitationRenderer.cited_from`): what a stream adds to the citations it sent, without rereading them all."""
+        index, sources = self._renderer.cited_from(start, self._length)
+        return index, sources  # type: ignore[return-value]
+
     def feed(self, event: AskEvent) -> list[Piece]:
         """Apply one event; returns what to send now."""
         if self.finish_reason is not None:

@@ -66,7 +66,8 @@ class MessageEvents:
         self._thinking = ""
         self._answer_started = False
         self._searched = meta.search_query is None
-        self._cited: set[str] = set()
+        self._cited: set[str] = set()  # the URLs cited so far
+        self._marks = 0  # the citation markers read so far
 
     def start(self) -> bytes:
         """`message_start` (the message with no content yet and the prompt's usage), then a `ping`."""
@@ -182,15 +183,14 @@ class MessageEvents:
         return out
 
     def _citations(self, turn: ChatTurn) -> list[bytes]:
-        """A `citations_delta` for each source newly cited in the text sent so far."""
+        """A `citations_delta` for each source newly cited in the text sent so far (only new markers are read)."""
+        self._marks, sources = turn.cited_from(self._marks)
         out = []
-        for annotation in turn.annotations:
-            cited: dict[str, Any] = annotation["url_citation"]  # type: ignore[assignment]
-            if cited["url"] not in self._cited:
-                self._cited.add(cited["url"])
-                out.append(
-                    self._delta({"type": "citations_delta", "citation": citation(turn, cited["url"], cited["title"])})
-                )
+        for source in sources:
+            if source.url not in self._cited:
+                self._cited.add(source.url)
+                cited = citation(turn, source.url, source.title or source.url)
+                out.append(self._delta({"type": "citations_delta", "citation": cited}))
         return out
 
     def _tool_use(self, call: Any) -> list[bytes]:
