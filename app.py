@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import register_blueprints
 from api.config import SettingError, defaults, load_dotenv_file, settings_from_env, validate
-from api.edge import quotas
+from api.edge import quotas, redact
 from api.edge.auth import authenticate, configured_keys
 from api.edge.errors import is_anthropic_request
 from api.edge.errors import register as register_errors
@@ -42,6 +42,7 @@ def _configure_logging(level: str) -> None:
     if not any(isinstance(f, _RequestIdFilter) for h in root.handlers for f in h.filters):
         handler = logging.StreamHandler()
         handler.addFilter(_RequestIdFilter())
+        handler.addFilter(redact.RedactFilter())  # no token or key in any line, whoever logs it
         handler.setFormatter(
             logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s rid=%(request_id)s %(message)s")
         )
@@ -96,6 +97,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         hops = int(app.config["TRUST_PROXY"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     keys = configured_keys(app.config)
+    redact.reset()
+    redact.register(app.config.get("PERPLEXITY_SESSION_TOKEN"), *(key.decode() for key in keys))
     if not keys:
         log.warning("no OPENAI_API_KEY or API_KEYS set: the API is open to anyone who can reach it")
     if not app.config.get("PERPLEXITY_SESSION_TOKEN"):

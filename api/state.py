@@ -17,6 +17,7 @@ from perplexity.types import SessionInfo
 from .core.continuity import Continuity
 from .core.modelmap import BUILTIN_CATALOGUE, ModelMap
 from .core.service import ChatService
+from .edge import redact
 from .edge.metrics import Metrics
 from .stores import open_stores
 from .stores.token_file import TokenFile
@@ -73,7 +74,7 @@ class ServerState:
         if token and c.get("PERPLEXITY_TOKEN_FILE"):
             store = TokenFile(str(c["PERPLEXITY_TOKEN_FILE"]), token)
             token, on_rotated = store.load() or token, store.save
-        return PerplexityClient(
+        client = PerplexityClient(
             token,
             on_token_rotated=on_rotated,
             base_url=c["PERPLEXITY_BASE_URL"],
@@ -84,6 +85,8 @@ class ServerState:
             read_timeout=float(c["PERPLEXITY_READ_TIMEOUT"]),
             max_retries=int(c["PERPLEXITY_MAX_RETRIES"]),
         )
+        redact.register_source(client.cookie.secrets)  # the live cookie: Perplexity rotates it
+        return client
 
     def record_upstream_error(self, exc: PerplexityError) -> None:
         """Count a Perplexity failure by kind (for /stats and /metrics)."""
@@ -114,7 +117,7 @@ class ServerState:
             self.models_error = None
             return True
         except (PerplexityError, ValueError) as exc:
-            self.models_error = getattr(exc, "message", str(exc))
+            self.models_error = redact.redact(getattr(exc, "message", str(exc)))
             if isinstance(exc, PerplexityError):
                 self.record_upstream_error(exc)
             if self.models_source == "builtin":
@@ -139,7 +142,7 @@ class ServerState:
                 error = "Perplexity says the session cookie is not logged in (expired or wrong token)"
         except PerplexityError as exc:
             self.record_upstream_error(exc)
-            info, error = None, exc.message
+            info, error = None, redact.redact(exc.message)
         self._session = (time.time(), info, error)
         return info, error
 

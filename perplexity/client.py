@@ -240,7 +240,8 @@ class PerplexityClient:
                 timeout=self.timeout,
             )
         except PerplexityError as exc:
-            raise UploadError(f"Uploading {upload.filename!r} failed: {exc.message}") from exc
+            # The transport's text names hosts and libcurl's codes: the kind is what a client can act on.
+            raise UploadError(f"Uploading {upload.filename!r} failed ({exc.kind}).") from exc
         try:
             raw = response.read(65536)
             if response.status_code not in (200, 201, 204):

@@ -281,7 +281,11 @@ def test_upstream_failure_mid_stream_ends_with_response_failed(fake, sdk, live_s
     events = stream_events(live_server, {"input": QUESTION})
     assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
     failed = events[-1]["response"]
-    assert failed["status"] == "failed" and "Model broke" in failed["error"]["message"]
+    assert (
+        failed["status"] == "failed"
+        and "MODEL_ERROR" in failed["error"]["message"]
+        and "Model broke" not in failed["error"]["message"]
+    )
     assert failed["error"]["code"] == "server_error"
     assert sdk.responses.retrieve(failed["id"]).status == "failed"
 

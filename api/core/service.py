@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 _SEARCH_MODES = {"web": ("web",), "academic": ("scholar",), "sec": ("finance",)}
 _RECENCY = {"hour": "day", "day": "day", "week": "week", "month": "month", "year": "year"}
 _DEEP_EFFORT = {"high", "xhigh", "max"}
+_SHOWN_MODEL = 100  # characters of an unknown model id a 404 repeats
 
 
 @dataclass(slots=True)
@@ -78,8 +79,9 @@ class ChatService:
         model_id = model_id or self.config["DEFAULT_MODEL"]
         model = self.models.resolve(model_id)
         if model is None:
+            shown = model_id if len(model_id) <= _SHOWN_MODEL else model_id[:_SHOWN_MODEL] + "…"  # echo no megabytes
             raise APIError(
-                404, f"The model '{model_id}' does not exist; GET /v1/models lists them.", code="model_not_found",
+                404, f"The model '{shown}' does not exist; GET /v1/models lists them.", code="model_not_found",
                 param="model",
             )  # fmt: skip
         return model

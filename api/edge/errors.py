@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from perplexity import errors as px
 
 from ..core.errors import APIError
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,28 @@ _HTTP_CODES = {
 }
 
 
+# What a client is told of these failures: never Perplexity's own prose nor the transport's details (its
+# address, libcurl's text), which go to the log, redacted. The other classes' messages are this server's own.
+_CLIENT_MESSAGES: dict[type[px.PerplexityError], str] = {
+    px.AskRateLimitedError: "Perplexity's rate limit for this account was reached while answering.",
+    px.AskFailedError: "Perplexity could not answer this request.",
+    px.StreamTruncatedError: "The connection to Perplexity broke mid-answer.",
+    px.MalformedFrameError: "Perplexity sent an answer this server could not read.",
+    px.UpstreamTimeoutError: "Perplexity did not answer in time.",
+    px.UpstreamConnectError: "Perplexity could not be reached.",
+    px.TransportError: "The connection to Perplexity failed.",
+}
+
+
+def _client_message(exc: px.PerplexityError) -> str:
+    for cls in type(exc).__mro__:
+        if cls in _CLIENT_MESSAGES:
+            message = _CLIENT_MESSAGES[cls]
+            code = getattr(exc, "code", None)
+            return f"{message[:-1]} (Perplexity error {redact(str(code))[:64]})." if code else message
+    return redact(exc.message)
+
+
 def _from_upstream(exc: px.PerplexityError) -> APIError:
     for cls in type(exc).__mro__:
         if cls in _UPSTREAM:
@@ -74,7 +97,7 @@ def _from_upstream(exc: px.PerplexityError) -> APIError:
     retry_after = getattr(exc, "retry_after", None)
     if status == 429:
         headers["retry-after"] = str(max(1, round(retry_after))) if retry_after is not None else "5"
-    return APIError(status, exc.message, kind, code, None, headers)
+    return APIError(status, _client_message(exc), kind, code, None, headers)
 
 
 def _from_http(exc: HTTPException) -> APIError:

@@ -1,0 +1,138 @@
+"""No secret in any stream or log line: upstream text is redacted, and clients get generic messages for it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote, quote_plus
+
+import pytest
+import requests
+
+from api.edge import redact
+from perplexity.testing import Fault
+
+from .conftest import TOKEN
+
+KEY_ONE = "sk-live-Secret1234567890ABCDEF"
+KEY_TWO = "team-key-QWERTYUIOP-987654"
+ASK = [{"role": "user", "content": "Hello?"}]
+
+
+def leaky_message() -> str:
+    """A Perplexity FAILED message carrying every form of every secret the server knows."""
+    return (
+        f"Request failed. Cookie: __Secure-next-auth.session-token={TOKEN}; other=1 | "
+        f"token {TOKEN} | key {KEY_ONE} | Bearer {KEY_TWO} | lower {KEY_ONE.lower()} | "
+        f"encoded {quote(KEY_TWO, safe='')} and {quote_plus(TOKEN)} | url ?api_key={KEY_ONE}&x=1"
+    )
+
+
+def secret_forms() -> list[str]:
+    forms = []
+    for secret in (TOKEN, KEY_ONE, KEY_TWO):
+        forms += [secret, secret.lower(), secret.upper(), quote(secret, safe=""), quote_plus(secret)]
+    return forms
+
+
+def assert_clean(text: str) -> None:
+    lowered = text.lower()
+    leaked = [form for form in secret_forms() if form.lower() in lowered]
+    assert not leaked, f"secrets leaked: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_secrets():
+    redact.reset()
+    yield
+    redact.reset()
+
+
+def test_redact_masks_every_form_and_pattern() -> None:
+    redact.register(TOKEN, KEY_ONE, KEY_TWO, "short")
+    cleaned = redact.redact(leaky_message())
+    assert_clean(cleaned)
+    assert "short" not in redact.redact("a short word") or True  # too short to be a secret: left alone
+    assert redact.redact("a short word") == "a short word"
+    assert redact.redact("Authorization: Bearer abc.def") == "Authorization: ***"
+    assert redact.redact("x-api-key: zzzzzzzz") == "x-api-key: ***"
+    assert redact.redact("GET /v1/models?api_key=whatever&b=2") == "GET /v1/models?api_key=***&b=2"
+
+
+def test_a_source_is_read_at_each_use() -> None:
+    live = ["rotated-cookie-value-one"]
+    redact.register_source(lambda: live)
+    assert redact.redact("c=rotated-cookie-value-one") == "c=***"
+    live[0] = "rotated-cookie-value-two"
+    assert redact.redact("rotated-cookie-value-two and rotated-cookie-value-one") == "*** and rotated-cookie-value-one"
+
+
+def test_the_log_filter_masks_messages_arguments_and_tracebacks(caplog) -> None:
+    redact.register(KEY_ONE)
+    logger = logging.getLogger("test.redaction")
+    handler = logging.Handler()
+    records: list[str] = []
+    handler.emit = lambda record: records.append(record.getMessage() + (record.exc_text or ""))  # type: ignore[method-assign]
+    handler.addFilter(redact.RedactFilter())
+    logger.addHandler(handler)
+    try:
+        logger.warning("upstream said %s", f"key={KEY_ONE}")
+        try:
+            raise ValueError(f"boom {KEY_ONE}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 2 and all(KEY_ONE not in record for record in records)
+
+
+@pytest.fixture(scope="module")
+def keyed(live_server_factory):
+    return live_server_factory(API_KEYS=f"{KEY_ONE},{KEY_TWO}")
+
+
+def test_a_failed_frame_reaches_no_client_and_no_log_unredacted(fake, keyed) -> None:
+    headers = {"Authorization": f"Bearer {KEY_ONE}"}
+    body = {"model": "perplexity-auto", "messages": ASK, "stream": True}
+    fake.enqueue(Fault("failed", after_frames=3, error_code="INTERNAL_ERROR", message=leaky_message()))
+    with requests.post(keyed.url + "/v1/chat/completions", json=body, headers=headers, stream=True, timeout=20) as r:
+        streamed = r.content.decode()
+    error = json.loads(streamed.strip().split("data: ")[-1])["error"]
+    assert error["message"] == "Perplexity could not answer this request (Perplexity error INTERNAL_ERROR)."
+    fake.enqueue(Fault("failed", after_frames=3, error_code="INTERNAL_ERROR", message=leaky_message()))
+    whole = requests.post(
+        keyed.url + "/v1/chat/completions", json={**body, "stream": False}, headers=headers, timeout=20
+    )
+    assert whole.status_code == 502
+    fake.enqueue(Fault("failed", after_frames=3, error_code="INTERNAL_ERROR", message=leaky_message()))
+    anthropic_body = {"model": "sonnet", "max_tokens": 100, "messages": ASK, "stream": True}
+    with requests.post(keyed.url + "/v1/messages", json=anthropic_body, headers=headers, stream=True, timeout=20) as r:
+        messages = r.content.decode()
+    assert "event: error" in messages
+    for text in (streamed, whole.text, messages):
+        assert_clean(text)
+        assert "Request failed" not in text  # Perplexity's prose is not forwarded at all
+    log = keyed.log()
+    assert "Request failed" in log  # the operator still sees what Perplexity said, redacted
+    assert_clean(log)
+
+
+def test_transport_details_stay_out_of_client_messages(fake, keyed) -> None:
+    fake.enqueue(Fault("reset", after_frames=3))
+    body = {"model": "perplexity-auto", "messages": ASK, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY_TWO}"}
+    with requests.post(keyed.url + "/v1/chat/completions", json=body, headers=headers, stream=True, timeout=20) as r:
+        text = r.content.decode()
+    error = json.loads(text.strip().split("data: ")[-1])["error"]
+    assert error["code"] == "upstream_stream_truncated"
+    assert "127.0.0.1" not in error["message"] and "curl" not in error["message"]
+    assert error["message"] == "The connection to Perplexity broke mid-answer."
+
+
+def test_an_unknown_model_id_is_echoed_truncated(keyed) -> None:
+    headers = {"Authorization": f"Bearer {KEY_ONE}"}
+    huge = "m" * 5000
+    r = requests.post(
+        keyed.url + "/v1/chat/completions", json={"model": huge, "messages": ASK}, headers=headers, timeout=20
+    )
+    assert r.status_code == 404 and len(r.json()["error"]["message"]) < 300
