@@ -54,13 +54,22 @@ def string(**kwargs: Any) -> fields.String:
     return fields.String(**_options(kwargs, "must be a string."))
 
 
+# The largest integer a request may carry: JSON's safe range. Larger ones are mistakes or attacks, and they
+# would break later (orjson writes no integer past 64 bits, and responses echo some request fields).
+MAX_INTEGER = 2**53 - 1
+
+
 class WholeNumber(fields.Integer):
-    """An integer that also takes integral floats (2.0) but, unlike marshmallow's, never truncates 2.5 to 2."""
+    """An integer that also takes integral floats (2.0) but, unlike marshmallow's, never truncates 2.5 to 2;
+    limited to JSON's safe range."""
 
     def _validated(self, value: Any) -> int:
         if isinstance(value, float) and not value.is_integer():
             raise self.make_error("invalid", input=value)
-        return super()._validated(value)
+        number = super()._validated(value)
+        if number is not None and abs(number) > MAX_INTEGER:
+            raise ValidationError(f"must be at most {MAX_INTEGER} in size.")
+        return number
 
 
 def integer(**kwargs: Any) -> fields.Integer:

@@ -213,6 +213,8 @@ def _load_item(item: Any) -> dict[str, Any]:
     kind = item.get("type") or ("message" if "role" in item else None)
     if kind is None:
         raise ValidationError({"type": [REQUIRED]})
+    if not isinstance(kind, str):
+        raise ValidationError({"type": ["must be a string."]})
     if kind not in _ITEM_SCHEMAS:
         supported = ", ".join(_ITEM_SCHEMAS)
         raise ValidationError({"type": [f"input items of type {kind!r} are not supported (use: {supported})."]})

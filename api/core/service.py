@@ -109,6 +109,9 @@ class ChatService:
             query = "\n\n".join(text for _, text in transcript.turns[-placement.fresh :] if text)
         else:
             query = flatten_query(transcript)
+        if not query.strip():  # Perplexity asks nothing without text (an image alone, an empty turn)
+            message = "The conversation has no text to ask Perplexity; add a question to the last message."
+            raise APIError(400, message, code="empty_query", param="messages")
         prepared = PreparedAsk(model, transcript, query, options, placement, agent)
         prepared.query = prepared.with_section(query)
         return prepared
