@@ -195,6 +195,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SESSION_CHECK_SECONDS", 300, int, "Seconds the readiness probe caches the session check", minimum=0
     ),
+    Setting(
+        "STREAM_LEASE_SECONDS", 30.0, float, "Seconds a stream slot held in Redis outlives a killed worker",
+        minimum=1, maximum=3600,
+    ),
+    Setting(
+        "BODY_READ_TIMEOUT", 60.0, float, "Seconds a request body may go without data before a 408 (nginx's 60)",
+        minimum=0.1, maximum=3600,
+    ),
+    Setting(
+        "BODY_TOTAL_TIMEOUT", 300.0, float, "Seconds from a request's headers to the end of its body before a 408",
+        minimum=0.1, maximum=86400,
+    ),
+    Setting(
+        "RESPONSE_STORE_MAX_BYTES", 64 * 1024 * 1024, int,
+        "Bytes of stored responses kept in all (per worker in memory, per Redis), least recently used evicted",
+        minimum=1024,
+    ),
+    Setting(
+        "RESPONSE_STORE_MAX_BYTES_PER_CALLER", 16 * 1024 * 1024, int,
+        "Bytes of stored responses kept per key (or address), whatever user it names", minimum=1024,
+    ),
+    Setting(
+        "CONVERSATION_STORE_MAX_ITEMS", 20_000, int,
+        "Conversations kept in memory per worker, least recently used evicted", minimum=1,
+    ),
+    Setting(
+        "CONVERSATION_STORE_MAX_ITEMS_PER_CALLER", 5_000, int,
+        "Conversations kept in memory per key (or address) per worker, whatever user it names", minimum=1,
+    ),
     Setting("LOG_LEVEL", "INFO", str, "Python log level", check=_log_level),
 )  # fmt: skip
 
@@ -205,7 +234,7 @@ GUNICORN_SETTINGS: tuple[Setting, ...] = (
     Setting("WORKER_CONNECTIONS", 10000, int, "Connections (open streams) per worker", minimum=1),
     Setting("GUNICORN_TIMEOUT", 60, int, "Worker heartbeat timeout (seconds)", minimum=1),
     Setting("GRACEFUL_TIMEOUT", 120, int, "Seconds in-flight streams get to finish on shutdown", minimum=0),
-    Setting("KEEPALIVE", 75, int, "Seconds a kept-alive client connection may idle", minimum=0, maximum=3600),
+    Setting("KEEPALIVE", 65, int, "Seconds a kept-alive client connection may idle", minimum=1, maximum=3600),
     Setting("FORWARDED_ALLOW_IPS", "127.0.0.1", str, "Addresses whose X-Forwarded-* headers gunicorn trusts"),
     Setting("ACCESS_LOG", True, bool, "One access line per request on stdout"),
 )

@@ -58,7 +58,11 @@ def test_gunicorn_config_is_right_for_long_streams(monkeypatch):
     spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", ROOT / "gunicorn.conf.py")
     conf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conf)
-    assert conf.worker_class == "gevent" and conf.workers == 1
+    from gunicorn.util import load_class
+    from gunicorn.workers.ggevent import GeventWorker
+
+    # The production worker: gunicorn's gevent worker with bounded body reads and JSON errors (api.edge.worker).
+    assert issubclass(load_class(conf.worker_class), GeventWorker) and conf.workers == 1
     assert conf.preload_app is False and conf.max_requests == 0
     assert conf.bind == "0.0.0.0:9123"
     assert conf.accesslog == "-" and conf.graceful_timeout >= 30

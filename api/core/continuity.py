@@ -15,6 +15,7 @@ anything else starts a new thread from the flattened history. One rule for every
 4. After the answer, the conversation is saved with the digest of the history the client will send next.
 
 Conversations are caller-scoped: a digest includes the caller, and the stores check the caller on every read.
+Stored responses (`previous_response_id`) are scoped by the same caller, end user included.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from dataclasses import dataclass
 
 from perplexity.types import ThreadIds
 
-from ..stores.records import Conversation, ConversationStore, ResponseStore, StoredResponse
+from ..stores.records import MAX_CHAIN, Conversation, ConversationStore, ResponseStore, StoredResponse
 
 __all__ = ["MAX_CHAIN", "Continuity", "Placement", "history_key", "new_conversation_id"]
 
 log = logging.getLogger(__name__)
 
-# How many earlier responses a Responses follow-up replays as history when its Perplexity thread is gone.
-MAX_CHAIN = 32
+# Conversations are kept in number (CONVERSATION_STORE_MAX_ITEMS): a title, which Perplexity writes, is the one
+# field whose length this server does not choose, so it is clipped to keep each conversation small.
+_MAX_TITLE = 200
 # A request continues a known exchange only if it has at least user, assistant, user.
 _MIN_FOLLOW_UP_TURNS = 3
 
@@ -112,6 +114,7 @@ class Continuity:
         """Rule 4: save the thread under the digest of the history the client will send next (`turns` + answer)."""
         if thread is None:
             return
+        title = title[:_MAX_TITLE] if title else title
         key = history_key(placement.caller, [*turns, ("assistant", answer)])
         if placement.conversation is not None:
             conversation = placement.conversation.advanced(thread, key, title)

@@ -11,6 +11,7 @@ from .objects import new_id, output_text
 __all__ = ["ResponseInput", "chain_history", "read_input", "stored_items"]
 
 _INSTRUCTION_ROLES = ("system", "developer")
+_INLINE_FIELDS = {"input_image": "image_url", "input_file": "file_data"}  # where a part's inline bytes travel
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,12 @@ def _chat_part(part: dict[str, Any], text_only: bool) -> dict[str, Any] | None:
 
 
 def stored_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """This request's input items as the list `GET /v1/responses/{id}/input_items` returns (each with an id)."""
+    """This request's input items as the list `GET /v1/responses/{id}/input_items` returns (each with an id).
+
+    Inline file bytes are not kept: they were uploaded with this turn, and a replayed history is text only
+    (`chain_history`). An inline image is listed with `image_url: null`, an inline file without its `file_data`,
+    each with `omitted_data` ({media_type, bytes}) saying what was sent; URLs, ids and text are kept as sent.
+    """
     return [_stored_item(item) for item in items]
 
 
@@ -131,6 +137,8 @@ def _stored_item(item: dict[str, Any]) -> dict[str, Any]:
         "web_search_call": "ws",
     }[kind]
     stored = {**item, "id": item.get("id") or new_id(prefix)}
+    if isinstance(item.get("output"), list):  # a tool's output may carry images and files too
+        stored["output"] = [_compact(part) for part in item["output"]]
     if kind == "reasoning":
         stored["summary"] = item.get("summary") or []
     elif kind == "web_search_call":
@@ -147,7 +155,25 @@ def _parts(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _input_part(part: dict[str, Any]) -> dict[str, Any]:
     # The spec's input_image requires `detail`; OpenAI fills in "auto" when the request left it out.
+    part = _compact(part)
     return {**part, "detail": part.get("detail") or "auto"} if part["type"] == "input_image" else part
+
+
+def _compact(part: dict[str, Any]) -> dict[str, Any]:
+    """An image or file part without its inline data (see `stored_items`); any other part as it is."""
+    field = _INLINE_FIELDS.get(part.get("type", ""))
+    data = part.get(field) if field else None
+    # An image URL is kept unless it is inline data; file_data is always inline (a data: URI or bare base64).
+    if not isinstance(data, str) or (field == "image_url" and not data.startswith("data:")):
+        return part
+    header, _, payload = data.partition(",") if data.startswith("data:") else ("", "", data)
+    encoded = header.endswith(";base64") or not header
+    size = len(payload) * 3 // 4 - payload[-2:].count("=") if encoded else len(payload)
+    compact = {key: value for key, value in part.items() if key != "file_data"}
+    if field == "image_url":
+        compact["image_url"] = None
+    compact["omitted_data"] = {"media_type": header[5:].split(";")[0] or None, "bytes": size}
+    return compact
 
 
 def _output_part(part: dict[str, Any]) -> dict[str, Any]:

@@ -35,9 +35,19 @@ _MAX_PAGE = 100
 _MAX_QUERY = 500  # characters of the asked question a web_search_call item repeats
 
 
-def _stored(server: ServerState, response_id: str, param: str | None = None) -> StoredResponse:
-    """The caller's stored response; 404 when it is unknown, expired, not stored, or someone else's."""
-    record = server.responses.get(caller(), response_id)
+def _owner(body: dict[str, Any] | None = None) -> str:
+    """Whose stored responses a request reaches: the caller of the conversations rule (`caller`), narrowed by the
+    `user` / `safety_identifier` of the body, or of the query string on GET and DELETE, which have no body.
+
+    So a response stored with an end user is read back, deleted and continued only by requests naming the same
+    end user, and one stored without is reached only by requests naming none.
+    """
+    return caller(body if body is not None else request.args)
+
+
+def _stored(server: ServerState, response_id: str, who: str, param: str | None = None) -> StoredResponse:
+    """The caller's stored response; 404 when it is unknown, expired, evicted, not stored, or someone else's."""
+    record = server.responses.get(who, response_id)
     if record is None:
         label = "Previous response" if param == "previous_response_id" else "Response"
         code = "previous_response_not_found" if param == "previous_response_id" else "response_not_found"
@@ -51,9 +61,10 @@ def _prepare(server: ServerState, body: dict[str, Any], agent: AgentSpec | None)
     The previous response anchors the turn to its conversation (the thread rule, `api.core.continuity`); its chain
     is the history sent when that thread has to be started again. Instructions are not carried over.
     """
+    who = _owner(body)
     previous_id = body.get("previous_response_id")
-    previous = _stored(server, previous_id, "previous_response_id") if previous_id else None
-    chain = server.service.continuity.response_chain(caller(), previous) if previous else []
+    previous = _stored(server, previous_id, who, "previous_response_id") if previous_id else None
+    chain = server.service.continuity.response_chain(who, previous) if previous else []
     read = read_input(body, chain_history(chain))
     chat = {
         **body,  # Perplexity's options and any extras keep their chat names
@@ -66,7 +77,7 @@ def _prepare(server: ServerState, body: dict[str, Any], agent: AgentSpec | None)
         chat["web_search_options"] = {"user_location": location}
     anchor = previous.conversation_id if previous else body.get("conversation_id")
     try:
-        return server.service.prepare(chat, caller(body), anchor=anchor, agent=agent), chat
+        return server.service.prepare(chat, who, anchor=anchor, agent=agent), chat
     except APIError as exc:
         raise locate_error(exc, read.origins) from exc
 
@@ -92,7 +103,7 @@ def create_response() -> Response:
     prepared, chat = _prepare(server, body, agent)
     meta = ResponseMeta(completion_meta(prepared, chat), echo_fields(body), _search_query(body, prepared))
     turn = ChatTurn(turn_limits(chat))
-    items, who = stored_items(body["input"]), caller()
+    items, who = stored_items(body["input"]), _owner(body)
 
     def keep(response: dict[str, Any]) -> None:
         if body.get("store") is not False:
@@ -131,13 +142,13 @@ def create_response() -> Response:
 @bp.get("/v1/responses/<response_id>")
 def retrieve_response(response_id: str) -> Response:
     """One of the caller's stored responses, as it was sent."""
-    return json_response(_stored(state(), response_id).response)
+    return json_response(_stored(state(), response_id, _owner()).response)
 
 
 @bp.delete("/v1/responses/<response_id>")
 def delete_response(response_id: str) -> Response:
     """Forget one of the caller's stored responses."""
-    if not state().responses.delete(caller(), response_id):
+    if not state().responses.delete(_owner(), response_id):
         raise APIError(404, f"Response with id '{response_id}' not found.", code="response_not_found")
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
@@ -145,7 +156,7 @@ def delete_response(response_id: str) -> Response:
 @bp.get("/v1/responses/<response_id>/input_items")
 def list_input_items(response_id: str) -> Response:
     """The input items of a stored response, a page at a time (`limit`, `order`, `after`)."""
-    items = list(_stored(state(), response_id).input_items)
+    items = list(_stored(state(), response_id, _owner()).input_items)
     if _query_order() == "desc":  # OpenAI's default: newest first
         items.reverse()
     after = request.args.get("after")

@@ -11,7 +11,20 @@ import orjson
 
 from perplexity.types import ThreadIds
 
-__all__ = ["Conversation", "ConversationStore", "ResponseStore", "StoredResponse"]
+__all__ = ["MAX_CHAIN", "Conversation", "ConversationStore", "ResponseStore", "StoredResponse", "account_of"]
+
+# How many stored responses a Responses follow-up replays as history when its Perplexity thread is gone (the one it
+# names and those it continued, `Continuity.response_chain`): so also how far up a chain a store's eviction looks.
+MAX_CHAIN = 32
+
+
+def account_of(caller: str) -> str:
+    """The account a caller belongs to: its key or address, without the end user that narrows it.
+
+    A caller is `<key or address>[/<end user>]` (`api.edge.auth.caller`). Records are scoped to the whole caller;
+    the stores' caps count per account, so an end user cannot escape them by naming another `user`.
+    """
+    return caller.partition("/")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +74,7 @@ class Conversation:
 
 
 class ConversationStore(Protocol):
-    """Where conversations live; every method is scoped to one caller."""
+    """Where conversations live; every method is scoped to one caller (exactly: key or address and end user)."""
 
     def get(self, caller: str, conversation_id: str) -> Conversation | None: ...
     def find(self, caller: str, key: str) -> Conversation | None: ...
@@ -98,7 +111,12 @@ class StoredResponse:
 
 
 class ResponseStore(Protocol):
-    """Where stored responses live; every method is scoped to one caller."""
+    """Where stored responses live; every method is scoped to one caller (exactly: key or address and end user).
+
+    A store may evict records or refuse one to stay within its byte caps: `get` then answers None, as for an
+    expired or deleted one. Instead of the least recently used record it evicts that record's oldest ancestor still
+    held (looking at most MAX_CHAIN up), so the history a held response replays only loses its oldest turns.
+    """
 
     def get(self, caller: str, response_id: str) -> StoredResponse | None: ...
     def save(self, record: StoredResponse) -> None: ...
