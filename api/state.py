@@ -20,6 +20,7 @@ from .core.service import ChatService
 from .edge import redact
 from .edge.metrics import Metrics
 from .stores import open_stores
+from .stores.streams import StreamLeases, open_stream_leases
 from .stores.token_file import TokenFile
 
 __all__ = ["ServerState", "init_app", "state"]
@@ -41,6 +42,8 @@ class ServerState:
         self.upstream_errors: Counter[str] = Counter()
         self.open_streams = 0
         self.streams_by_caller: Counter[str] = Counter()
+        # The callers' stream slots shared through Redis (None: each worker's own count is the cap).
+        self.stream_leases: StreamLeases | None = open_stream_leases(config)
         self._client: PerplexityClient | None = None
         self._lock = threading.Lock()
         # Models: the built-in list until the account's catalogue has been loaded.
@@ -163,9 +166,11 @@ class ServerState:
         self.metrics.open_streams.dec()
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pool and any stream slots still leased."""
         if self._client is not None:
             self._client.close()
+        if self.stream_leases is not None:
+            self.stream_leases.close()
 
 
 def init_app(app: Flask) -> ServerState:

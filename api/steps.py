@@ -9,6 +9,7 @@ Everything else, including the one path a stream failure takes, lives here so th
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from flask import Response, current_app, g, request
 from perplexity.errors import PerplexityError
 from perplexity.stream import AskStream
 
+from . import lifecycle
 from .core.completion import CompletionMeta
 from .core.errors import APIError
 from .core.service import PreparedAsk
 from .core.streaming import ClientGone, read_whole
 from .core.turn import ChatTurn, TurnLimits
-from .edge.quotas import check_stream_cap
+from .edge.quotas import check_stream_cap, refuse_stream
 from .edge.sse import client_watcher, error_event
 from .state import ServerState, state
 
@@ -89,23 +91,48 @@ def completion_meta(prepared: PreparedAsk, body: dict[str, Any]) -> CompletionMe
 
 
 class StreamSlot:
-    """One of the caller's MAX_CONCURRENT_STREAMS, counted from the check on; `release` gives it back once."""
+    """One of the caller's MAX_CONCURRENT_STREAMS, reserved before any I/O; `release` gives it back exactly once.
 
-    __slots__ = ("_server", "_caller", "_held")
+    The worker's own count is checked and taken with no I/O in between (greenlets switch only on I/O), so a burst
+    cannot slip past the cap within a worker. With Redis (`server.stream_leases`) the slot is then leased in the
+    caller's shared set too, which holds the cap across workers and instances; while Redis cannot be reached the
+    worker's own count decides. A slot whose response is dropped unsent is given back when it is collected.
+    """
+
+    __slots__ = ("_server", "_caller", "_lease", "_held")
 
     def __init__(self, server: ServerState, caller: str) -> None:
+        self._held = False  # first, so a refused slot's finalizer finds nothing to give back
         cap = int(server.config["MAX_CONCURRENT_STREAMS"])
-        # The check and the count happen with no I/O in between, so a concurrent burst cannot slip past the cap
-        # within a worker (greenlets switch only on I/O).
         check_stream_cap(server.streams_by_caller[caller], cap, server.metrics)
         server.stream_opened(caller)
-        self._server, self._caller, self._held = server, caller, True
+        self._server, self._caller, self._lease, self._held = server, caller, None, True
+        if cap and server.stream_leases is not None:
+            try:
+                admitted, self._lease = server.stream_leases.acquire(caller, cap)
+            except BaseException:
+                self.release()
+                raise
+            if not admitted:
+                self.release()
+                refuse_stream(cap, server.metrics)
 
     def release(self) -> None:
         """Give the slot back (idempotent)."""
         if self._held:
             self._held = False
             self._server.stream_closed(self._caller)
+            if self._lease is not None:
+                self._server.stream_leases.release(self._caller, self._lease)  # type: ignore[union-attr]
+
+    def __del__(self) -> None:
+        # Only if no path released it (a response dropped before it was sent). No Redis call here: a finalizer
+        # must not switch greenlets; the unrenewed lease lapses instead.
+        if getattr(self, "_held", False):
+            self._held = False
+            self._server.stream_closed(self._caller)
+            if self._lease is not None:
+                self._server.stream_leases.abandon(self._lease)  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,9 @@ def _guarded(
 ) -> Iterator[bytes]:
     """Run an SSE body: a failure is reported once and becomes the family's closing error event (`fail`), a
     departed client ends it quietly, and the upstream is closed whatever happens."""
+    writer = _current_greenlet()
+    if writer is not None:
+        lifecycle.register_stream(writer)  # a drain ends it with `fail` at its deadline (api.lifecycle)
     try:
         yield from body
     except ClientGone:
@@ -153,7 +183,18 @@ def _guarded(
         hooks.failed(exc)
         yield fail(exc)
     finally:
+        if writer is not None:
+            lifecycle.unregister_stream(writer)
         upstream.close()
+
+
+def _current_greenlet() -> Any:
+    """The gevent greenlet writing this response (None outside a gevent worker, e.g. the test client)."""
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return None
+    current = gevent.getcurrent()
+    return current if isinstance(current, gevent.Greenlet) else None
 
 
 def _stream_response(body: Iterator[bytes], upstream: AskStream, slot: StreamSlot, headers: dict[str, str]) -> Response:

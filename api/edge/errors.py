@@ -178,8 +178,8 @@ def anthropic_error(error: APIError, request_id: str | None = None) -> tuple[int
     elif status == 502:
         status = 529
     kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    if status == 503:
-        kind = "overloaded_error" if error.code == "upstream_overloaded" else "api_error"
+    if status == 503:  # a draining server is busy elsewhere: Anthropic clients retry an overload
+        kind = "overloaded_error" if error.code in ("upstream_overloaded", "server_shutting_down") else "api_error"
     message = f"{error.message} ({error.code})" if error.code and status >= 500 else error.message
     body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
     return status, body

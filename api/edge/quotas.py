@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response, g, request
 from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
 
 from .errors import APIError
 
-__all__ = ["check_stream_cap", "init_app"]
+__all__ = ["check_stream_cap", "init_app", "refuse_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,34 @@ def _storage_options(uri: str) -> dict[str, Any]:
     return {}
 
 
+class _FallbackLimiter(Limiter):
+    """flask-limiter whose in-memory fallback also covers the burst in flight when the storage goes away.
+
+    The library marks the storage dead at the first failure and re-checks that request in memory, but every
+    request already waiting on the storage then fails too and was let through (with `swallow_errors`), each
+    logging a traceback: a hung Redis opened the quota wide. Policy: from the first failure, every request is
+    counted in the worker's memory until the storage answers again (the library probes it and says so); one
+    warning per outage, from the library.
+    """
+
+    def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
+        try:
+            super()._check_request_limit(callable_name, in_middleware)
+        except RateLimitExceeded:
+            raise
+        except Exception:
+            if not self._storage_dead:  # not a storage outage: a real error
+                raise
+            self.context.seen_limits.clear()
+            super()._check_request_limit(callable_name, in_middleware)  # against the in-memory fallback
+
+
 def init_app(app: Flask, metrics: Any) -> Limiter | None:
     """Install the per-caller request quota when ENABLE_RATE_LIMITING is on."""
     if not app.config["ENABLE_RATE_LIMITING"]:
         return None
     uri = str(app.config["RATELIMIT_STORAGE_URI"])
-    limiter = Limiter(
+    limiter = _FallbackLimiter(
         _caller_key,
         # One budget per caller across every route (default_limits would count each route apart).
         application_limits=[f"{int(app.config['REQUESTS_PER_MINUTE'])} per minute"],
@@ -45,7 +68,7 @@ def init_app(app: Flask, metrics: Any) -> Limiter | None:
         storage_options=_storage_options(uri),
         strategy="moving-window",
         headers_enabled=False,  # OpenAI-named headers are set below
-        swallow_errors=True,
+        swallow_errors=False,  # storage errors fail over to memory (_FallbackLimiter), never open the quota
         in_memory_fallback_enabled=True,
     )
     limiter.init_app(app)
@@ -70,11 +93,16 @@ def init_app(app: Flask, metrics: Any) -> Limiter | None:
 def check_stream_cap(open_for_caller: int, cap: int, metrics: Any) -> None:
     """429 when the caller already holds `cap` open streams (0 means no cap)."""
     if cap and open_for_caller >= cap:
-        metrics.rate_limited.labels("concurrent_streams").inc()
-        raise APIError(
-            429,
-            f"Too many concurrent streams for this key (limit {cap}); close one or retry shortly.",
-            "requests",
-            "concurrent_streams_exceeded",
-            headers={"retry-after": "1"},
-        )
+        refuse_stream(cap, metrics)
+
+
+def refuse_stream(cap: int, metrics: Any) -> NoReturn:
+    """The 429 of a caller at its stream cap (counted once, whichever count refused it)."""
+    metrics.rate_limited.labels("concurrent_streams").inc()
+    raise APIError(
+        429,
+        f"Too many concurrent streams for this key (limit {cap}); close one or retry shortly.",
+        "requests",
+        "concurrent_streams_exceeded",
+        headers={"retry-after": "1"},
+    )

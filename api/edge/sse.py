@@ -24,8 +24,11 @@ def encode(data: Any, event: str | None = None) -> bytes:
 
 
 def error_event(exc: BaseException) -> bytes:
-    """The single `data: {"error": ...}` event that ends a broken stream (no [DONE] after it)."""
-    return encode(error_payload(to_api_error(exc)))
+    """The single `data: {"error": ...}` event that ends a broken stream (no [DONE] after it), except at a
+    shutdown: the stream was cut short on purpose, and `[DONE]` tells the client the server ended it cleanly."""
+    error = to_api_error(exc)
+    event = encode(error_payload(error))
+    return event + DONE if error.code == "server_shutting_down" else event
 
 
 def client_watcher(environ: dict[str, Any]) -> Callable[[], bool]:

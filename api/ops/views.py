@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, Response
 
+from .. import lifecycle
 from ..state import state
 from ..steps import json_response
 
@@ -24,7 +25,7 @@ def health() -> Response:
 def ready() -> Response:
     """Readiness: 503 with the reason until the session is known valid and the catalogue is loaded."""
     server = state()
-    reasons = []
+    reasons = ["draining: the server is shutting down"] if lifecycle.draining() else []
     if not server.config.get("PERPLEXITY_SESSION_TOKEN"):
         reasons.append("PERPLEXITY_SESSION_TOKEN is not set")
     else:
