@@ -31,10 +31,18 @@ backlog = 2048
 #   timeout - for gevent workers this is a heartbeat of the worker's event loop, not a request limit:
 #       a 10-minute Deep Research stream is fine; only a hub blocked for this long gets the worker killed.
 #   graceful_timeout - on SIGTERM, how long in-flight streams may finish before the worker is stopped.
-#   keepalive - seconds to wait for the next request on a kept-alive connection; keep it above a fronting
-#       balancer's idle timeout so the two do not race.
+#   keepalive - seconds to wait for the next request on a kept-alive connection, and (gunicorn's async workers
+#       use the same timer) for a new connection's request line and headers. Default 65: above the 60 s idle
+#       timeout of the balancers this runs behind (AWS ALB, nginx's upstream `keepalive_timeout`), so a balancer
+#       never sends a request on a connection this side has just closed (a 502). Each idle or header-trickling
+#       socket holds one of WORKER_CONNECTIONS slots for up to this long: behind a balancer those are the few
+#       connections of its pool; exposed directly, 10,000 slots / 65 s means 154 new idle connections a second
+#       fill a worker, so set 5 there (what uvicorn, Node and the openai SDK's connection pool use).
+#       Request bodies have their own bounds (BODY_READ_TIMEOUT, BODY_TOTAL_TIMEOUT; api/edge/worker.py).
 #   max_requests - 0: recycling a worker would cut every stream it holds.
-worker_class = "gevent"
+#   worker_class - gunicorn's gevent worker (api/edge/worker.py) with bounded request-body reads, refused bodies
+#       closed instead of drained, and OpenAI-shaped JSON for the requests gunicorn itself rejects.
+worker_class = "api.edge.worker.GeventWorker"
 workers = _env["WEB_CONCURRENCY"]
 worker_connections = _env["WORKER_CONNECTIONS"]
 timeout = _env["GUNICORN_TIMEOUT"]
@@ -74,7 +82,7 @@ class AccessLogger(Logger):
             '%s "%s %s %s" %s %s %dms rid=%s',
             environ.get("REMOTE_ADDR", "-"),
             environ["REQUEST_METHOD"],
-            environ["RAW_URI"],
+            _redacted(environ["RAW_URI"]),
             environ["SERVER_PROTOCOL"],
             status,
             sent,
@@ -83,8 +91,80 @@ class AccessLogger(Logger):
         )
 
 
+def _redacted(uri: str) -> str:
+    # A key in the query string (?api_key=..., ?key=...) must not reach the log: the app's one redaction
+    # (loaded here lazily, in the worker, where the app is already imported).
+    if "?" not in uri:
+        return uri
+    from api.edge.redact import redact
+
+    return redact(uri)
+
+
 logger_class = AccessLogger
 
 # Server mechanics
 #   forwarded_allow_ips - trust X-Forwarded-* only from these addresses (TRUST_PROXY sets a list).
 forwarded_allow_ips = _env["FORWARDED_ALLOW_IPS"]
+
+
+#   control_socket - gunicorn's `gunicornc` socket. Its default is one path per user ($XDG_RUNTIME_DIR or
+#       ~/.gunicorn/gunicorn.ctl), so a second instance on the host unlinks the first one's socket and takes it
+#       over, and the first to stop unlinks the other's. Here it is one per instance, named by port and master
+#       pid (a USR2 upgrade re-reads this file in a new master, which gets its own), in a directory only this
+#       user can enter; gunicorn logs the path at start ("Control socket listening at ..."). Kept rather than
+#       disabled: it is how an operator sees the workers or changes their count without signals.
+def _control_socket() -> str | None:
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    private = Path(tempfile.gettempdir()) / f"gunicorn-{os.getuid()}"
+    folder = Path(runtime) if runtime and os.path.isdir(runtime) else private
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None  # someone else's, or open to others: it could swap the socket for their own
+    for stale in folder.glob("perplexity-api-*-*.ctl"):  # left by a master that was killed: it never unlinked
+        try:
+            os.kill(int(stale.stem.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            pass
+    return str(folder / f"perplexity-api-{_env['PORT']}-{os.getpid()}.ctl")
+
+
+_control = _control_socket()
+if _control is None:
+    control_socket_disable = True
+    sys.stderr.write("warning: no private directory for gunicorn's control socket; it is disabled\n")
+else:
+    control_socket = _control
+
+
+# Graceful shutdown
+#   On SIGTERM gunicorn stops accepting and gives open requests graceful_timeout to finish, then kills them.
+#   post_worker_init chains the worker's SIGTERM handler so the app starts draining at once (readiness 503)
+#   and ends the streams still open a little before that deadline with their family's closing event
+#   (api/lifecycle.py), instead of letting the kill cut them with a bare TCP close.
+def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+    import signal
+
+    from api import lifecycle
+
+    graceful = float(worker.cfg.graceful_timeout)
+    grace = max(0.0, graceful - min(5.0, graceful / 4))  # time left to write the closing events and exit
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(sig, frame):  # noqa: ANN001, ANN202
+        lifecycle.begin_drain(grace)
+        if callable(previous):
+            previous(sig, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.siginterrupt(signal.SIGTERM, False)

@@ -232,8 +232,7 @@ class Gunicorn:
             f"{HOST}:{self.port}",
             "--workers",
             "1",
-            "--worker-class",
-            "gevent",
+            # No --worker-class: gunicorn.conf.py's (the production gevent worker) for the server and the floor.
             "--worker-connections",
             connections,
         ]

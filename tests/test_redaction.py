@@ -136,3 +136,29 @@ def test_an_unknown_model_id_is_echoed_truncated(keyed) -> None:
         keyed.url + "/v1/chat/completions", json={"model": huge, "messages": ASK}, headers=headers, timeout=20
     )
     assert r.status_code == 404 and len(r.json()["error"]["message"]) < 300
+
+
+def test_a_key_in_the_query_string_stays_out_of_the_access_log(monkeypatch, capsys) -> None:
+    import datetime
+    import importlib.util
+
+    from gunicorn.config import Config
+
+    from .conftest import ROOT
+
+    monkeypatch.delenv("ACCESS_LOG", raising=False)
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_redact", ROOT / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = conf.logger_class(cfg)
+
+    class Resp:
+        status, sent, headers = "200 OK", 10, [("X-Request-ID", "req_1")]
+
+    uri = f"/v1/models?api_key={KEY_ONE}&key={quote(KEY_TWO, safe='')}&limit=5"
+    environ = {"REMOTE_ADDR": "10.0.0.7", "REQUEST_METHOD": "GET", "RAW_URI": uri, "SERVER_PROTOCOL": "HTTP/1.1"}
+    logger.access(Resp, None, environ, datetime.timedelta(milliseconds=3))
+    line = capsys.readouterr().out.strip()
+    assert line == '10.0.0.7 "GET /v1/models?api_key=***&key=***&limit=5 HTTP/1.1" 200 10 3ms rid=req_1'
