@@ -20,6 +20,7 @@ from .core.service import ChatService
 from .edge import redact
 from .edge.metrics import Metrics
 from .stores import open_stores
+from .stores.redis_store import redis_reachable
 from .stores.streams import StreamLeases, open_stream_leases
 from .stores.token_file import TokenFile
 
@@ -90,6 +91,13 @@ class ServerState:
         )
         redact.register_source(client.cookie.secrets)  # the live cookie: Perplexity rotates it
         return client
+
+    def store_problems(self) -> list[str]:
+        """Why the shared stores cannot be used now (for readiness): a Redis that does not answer a PING."""
+        client = getattr(self.store, "redis", None)  # one Redis holds both stores
+        if client is None or redis_reachable(client):
+            return []
+        return ["the conversation store (Redis) is unreachable: follow-ups start new threads"]
 
     def record_upstream_error(self, exc: PerplexityError) -> None:
         """Count a Perplexity failure by kind (for /stats and /metrics)."""

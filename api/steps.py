@@ -204,6 +204,15 @@ def _stream_response(body: Iterator[bytes], upstream: AskStream, slot: StreamSlo
     return response
 
 
+def _continuity_header(prepared: PreparedAsk) -> dict[str, str]:
+    """`X-Conversation-Continued` for a request that carries a conversation: whether it went to Perplexity as a
+    follow-up on the thread, or started a new one (its history flattened): the store was down, the history did
+    not match an answer of ours, or the thread was gone. Decided once the upstream is open (that may restart)."""
+    if len(prepared.transcript.turns) < 2:
+        return {}
+    return {"X-Conversation-Continued": "true" if prepared.is_follow_up else "false"}
+
+
 SSEBody = Callable[[AskStream, StreamHooks], Iterator[bytes]]
 
 
@@ -230,13 +239,16 @@ def answer(
         if slot is not None:
             slot.release()
         raise
+    headers = {**(headers or {}), **_continuity_header(prepared)}
     try:
         if stream is not None and slot is not None:
             hooks = _stream_hooks(server)
             body = _guarded(stream(upstream, hooks), upstream, hooks, fail)
-            return _stream_response(body, upstream, slot, headers or {})
+            return _stream_response(body, upstream, slot, headers)
         read_whole(upstream, turn)
-        return whole()
+        response = whole()
+        response.headers.update(headers)
+        return response
     except BaseException:
         upstream.close()
         if slot is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from schemas import ChatCompletionRequestSchema, ConversationDeletedSchema, ConversationListSchema
 
@@ -68,14 +68,15 @@ def create_chat_completion() -> Response:
 @bp.get("/conversations")
 def list_conversations() -> Response:
     """The caller's own conversations."""
-    items = [c.public() for c in state().store.list(caller())]
+    # An end user's conversations (`?user=` / `?safety_identifier=`), as the requests that made them named it.
+    items = [c.public() for c in state().store.list(caller(request.args))]
     return json_response(_conversations_schema.dump({"object": "list", "data": items}))
 
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str) -> Response:
     """Forget one of the caller's conversations."""
-    if not state().store.delete(caller(), conversation_id):
+    if not state().store.delete(caller(request.args), conversation_id):
         raise APIError(404, f"No conversation '{conversation_id}'.", code="conversation_not_found")
     body = _deleted_schema.dump({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
     return json_response(body)

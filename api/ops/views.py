@@ -26,6 +26,7 @@ def ready() -> Response:
     """Readiness: 503 with the reason until the session is known valid and the catalogue is loaded."""
     server = state()
     reasons = ["draining: the server is shutting down"] if lifecycle.draining() else []
+    reasons += server.store_problems()
     if not server.config.get("PERPLEXITY_SESSION_TOKEN"):
         reasons.append("PERPLEXITY_SESSION_TOKEN is not set")
     else:

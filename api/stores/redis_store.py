@@ -20,13 +20,43 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30)
 
 
+class _Outage:
+    """Whether the stores' Redis answered its last call: one warning when it stops, one line when it is back."""
+
+    down_since: float | None = None
+
+    @classmethod
+    def failed(cls, what: str, exc: Exception) -> None:
+        if cls.down_since is None:
+            cls.down_since = time.monotonic()
+            log.warning(
+                "redis store unreachable (%s failed: %s): follow-ups start new threads and stored responses are "
+                "not found until it answers again",
+                what,
+                type(exc).__name__,  # no details: they could hold data
+            )
+
+    @classmethod
+    def answered(cls) -> None:
+        if cls.down_since is not None:
+            log.info("redis store reachable again after %.0fs", time.monotonic() - cls.down_since)
+            cls.down_since = None
+
+
 def _guarded(what: str, default: Any, call: Any) -> Any:
-    """Run a Redis call; on a Redis failure log it (without details that could hold data) and return `default`."""
+    """Run a Redis call; on a Redis failure note the outage (one warning per outage) and return `default`."""
     try:
-        return call()
+        result = call()
     except redis.RedisError as exc:
-        log.warning("redis store: %s failed: %s", what, type(exc).__name__)
+        _Outage.failed(what, exc)
         return default
+    _Outage.answered()
+    return result
+
+
+def redis_reachable(client: redis.Redis) -> bool:
+    """Ask Redis now (readiness): True when it answers a PING."""
+    return bool(_guarded("ping", False, client.ping))
 
 
 class RedisConversationStore:
