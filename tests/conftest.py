@@ -59,6 +59,20 @@ def px(fake: FakePerplexity) -> Iterator[PerplexityClient]:
         yield c
 
 
+def access_logger(name: str):
+    """gunicorn.conf.py's access logger, as gunicorn builds it with the access log on stdout."""
+    import importlib.util
+
+    from gunicorn.config import Config
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    return conf.logger_class(cfg)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -74,15 +74,10 @@ def test_gunicorn_config_is_right_for_long_streams(monkeypatch):
 def test_access_line_has_the_fields_of_the_documented_format(monkeypatch, capsys):
     import datetime
 
-    from gunicorn.config import Config
+    from .conftest import access_logger
 
     monkeypatch.delenv("ACCESS_LOG", raising=False)
-    spec = importlib.util.spec_from_file_location("gunicorn_conf_access", ROOT / "gunicorn.conf.py")
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
-    cfg = Config()
-    cfg.set("accesslog", "-")
-    logger = conf.logger_class(cfg)
+    logger = access_logger("gunicorn_conf_access")
 
     class Resp:
         status, sent = "429 TOO MANY REQUESTS", 188

@@ -140,19 +140,11 @@ def test_an_unknown_model_id_is_echoed_truncated(keyed) -> None:
 
 def test_a_key_in_the_query_string_stays_out_of_the_access_log(monkeypatch, capsys) -> None:
     import datetime
-    import importlib.util
 
-    from gunicorn.config import Config
-
-    from .conftest import ROOT
+    from .conftest import access_logger
 
     monkeypatch.delenv("ACCESS_LOG", raising=False)
-    spec = importlib.util.spec_from_file_location("gunicorn_conf_redact", ROOT / "gunicorn.conf.py")
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
-    cfg = Config()
-    cfg.set("accesslog", "-")
-    logger = conf.logger_class(cfg)
+    logger = access_logger("gunicorn_conf_redact")
 
     class Resp:
         status, sent, headers = "200 OK", 10, [("X-Request-ID", "req_1")]
