@@ -8,6 +8,7 @@ from typing import Any
 __all__ = [
     "AGENTIC_COMPARE_MODELS",
     "DEFAULT_MODELS",
+    "DEFAULT_QUOTA",
     "FAKE_USER",
     "MODELS",
     "models_config",
@@ -29,6 +30,10 @@ FAKE_USER: dict[str, Any] = {
     "org_role": None,
     "org_uuid": None,
 }
+
+# mode -> remaining in the `/rest/rate-limit/status` table of an account whose quota no test has set
+# (None: `{"kind": "not_provided"}`, Pro's unmetered answer).
+DEFAULT_QUOTA: dict[str, int | None] = {"pro_search": None, "research": 20, "agentic_research": 5, "labs": 50}
 
 # id -> (label, mode, provider, description); a realistic 2026 slice (protocol section 4).
 MODELS: dict[str, tuple[str, str, str, str]] = {
@@ -151,8 +156,10 @@ def models_config(schema: str) -> dict[str, Any]:
     }
 
 
-def rate_limit_status(valid: bool) -> dict[str, Any]:
-    """Return `/rest/rate-limit/status`; an invalid session looks exhausted (protocol 2.7)."""
+def rate_limit_status(valid: bool, remaining: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """Return `/rest/rate-limit/status` for mode -> remaining (default DEFAULT_QUOTA); an invalid session
+    looks exhausted (protocol 2.7)."""
+    counts = {**DEFAULT_QUOTA, **(remaining or {})}
 
     def entry(remaining: int | None) -> dict[str, Any]:
         if not valid:
@@ -164,23 +171,24 @@ def rate_limit_status(valid: bool) -> dict[str, Any]:
     return {
         "free_queries": entry(None),
         "modes": {
-            "pro_search": entry(None),
-            "research": entry(20),
-            "agentic_research": entry(5),
-            "labs": entry(50),
+            "pro_search": entry(counts["pro_search"]),
+            "research": entry(counts["research"]),
+            "agentic_research": entry(counts["agentic_research"]),
+            "labs": entry(counts["labs"]),
         },
         "sources": {"scholar": entry(None), "social": entry(None), "finance": entry(None)},
     }
 
 
-def user_settings(query_count: int) -> dict[str, Any]:
+def user_settings(query_count: int, tier: str = "pro") -> dict[str, Any]:
     """Return a small `/rest/user/settings` object with `default_model`."""
+    paid = tier != "free"
     return {
         "default_model": "turbo",
         "default_image_generation_model": "default",
-        "subscription_status": "active",
-        "subscription_source": "stripe",
-        "subscription_tier": "pro",
+        "subscription_status": "active" if paid else "none",
+        "subscription_source": "stripe" if paid else "none",
+        "subscription_tier": tier,
         "query_count": query_count,
         "query_count_copilot": query_count,
         "disable_training": True,

@@ -6,8 +6,9 @@ import base64
 from typing import Any
 from urllib.parse import quote, unquote
 
+from .accounts import set_cookie_header
 from .catalog import models_config, rate_limit_status, session_body, user_settings
-from .handler import COOKIE_NAME, RouteHandler, route
+from .handler import RouteHandler, route
 from .script import RecordedRequest
 from .uploads import S3_PREFIX, check_s3_post, parse_multipart, presign, presign_answer
 
@@ -19,15 +20,19 @@ _HTML_SHELL = b"<!DOCTYPE html><html><head><title>Perplexity</title></head><body
 
 @route("GET", r"/api/auth/session")
 def session(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
-    """The user when the cookie is valid, else `{}`; HTTP 200 either way (protocol 2.6)."""
-    valid = h.logged_in()
+    """The account's user when the cookie is valid, else `{}`; HTTP 200 either way (protocol 2.6).
+
+    With `fake.rotate_on_session` or the account's `set_rotation(on_session=True)`, a valid call also
+    rotates the account's token and hands the new one out with Set-Cookie.
+    """
+    account = h.account
+    valid = h.logged_in() and account is not None
     headers = []
-    if valid and h.fake.rotate_on_session:
-        token = h.fake.rotate_token()
-        headers.append(("Set-Cookie", f"{COOKIE_NAME}={token}; Path=/; HttpOnly; Secure; SameSite=Lax"))
+    if valid and (h.fake.rotate_on_session or account.rotate_on_session):
+        headers.append(set_cookie_header(h.fake.rotate_token(account.label)))
     body = session_body(valid)
     if valid:
-        body["user"] = dict(h.fake.user)
+        body["user"] = dict(account.user)
     h.send_json(200, body, headers)
 
 
@@ -42,15 +47,16 @@ def models(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
 
 @route("GET", r"/rest/rate-limit/status")
 def rate_limits(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
-    """Quota table; a logged-out session looks exhausted, still with HTTP 200 (protocol 2.7)."""
-    h.send_json(200, rate_limit_status(h.logged_in()))
+    """The account's quota table; a logged-out session looks exhausted, still with HTTP 200 (protocol 2.7)."""
+    valid = h.logged_in()
+    h.send_json(200, rate_limit_status(valid, h.fake.quota_of(h.label) if valid else None))
 
 
 @route("GET", r"/rest/user/settings")
 def settings(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     if not h.logged_in():
         return h.not_logged_in()
-    h.send_json(200, user_settings(len(h.fake.asks)))
+    h.send_json(200, user_settings(len(h.fake.asks_of(h.label)), h.account.tier if h.account else "pro"))
 
 
 @route("GET", r"/search/new")
@@ -65,7 +71,7 @@ def delete_thread(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> N
     if not h.logged_in():
         return h.not_logged_in()
     body = req.json if isinstance(req.json, dict) else {}
-    thread = h.fake.thread_of_entry(str(body.get("entry_uuid") or ""))
+    thread = h.own_thread(str(body.get("entry_uuid") or ""))
     if thread is None or body.get("read_write_token") != thread.read_write_token:
         return h.send_json(403, {})
     h.fake.delete_thread(thread.context_uuid)
@@ -80,7 +86,7 @@ def export_thread(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> N
     entry = str((req.json or {}).get("thread_uuid") or "")
     if entry in h.fake.exports:
         return h.send_json(200, h.fake.exports[entry])
-    thread = h.fake.thread_of_entry(entry)
+    thread = h.own_thread(entry)
     if thread is None:
         return h.send_json(403, {})
     markdown = f"# {thread.title}\n\n" + "".join(f"Entry {uuid}\n\n" for uuid in thread.entries)
@@ -92,7 +98,7 @@ def export_thread(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> N
 def list_threads(h: RouteHandler, req: RecordedRequest, _: dict[str, str]) -> None:
     if not h.logged_in():
         return h.not_logged_in()
-    threads = list(h.fake.threads.values())
+    threads = h.fake.threads_of(h.label or "")
     h.send_json(
         200,
         [
@@ -114,7 +120,8 @@ def _presign_one(h: RouteHandler, spec: Any) -> dict[str, Any] | None:
     """Presign one file spec `{filename, content_type, ...}`; None if the spec is unusable."""
     if not isinstance(spec, dict) or not spec.get("filename"):
         return None
-    grant = presign(h.fake.url, h.fake.user["id"], str(spec["filename"]), str(spec.get("content_type") or ""))
+    user_id = h.account.user_id if h.account is not None else h.fake.user["id"]
+    grant = presign(h.fake.url, user_id, str(spec["filename"]), str(spec.get("content_type") or ""))
     h.fake.presigns[grant.fields["key"]] = grant
     return presign_answer(h.fake.url + S3_PREFIX, grant)
 

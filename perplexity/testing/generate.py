@@ -93,8 +93,16 @@ class _Stream:
 
     # ---- frame assembly -------------------------------------------------------------------------
 
+    def _envelope(self, *, classified: bool) -> dict[str, Any]:
+        """The envelope of the next frame; `display_model` names the served model once the reply says so."""
+        frame = envelope(self.ctx, classified=classified)
+        served = self.reply.display_model
+        if served is not None and len(self.frames) >= self.reply.display_model_from:
+            frame["display_model"] = served
+        return frame
+
     def _emit(self, **keys: Any) -> None:
-        frame = envelope(self.ctx, classified=self.classified)
+        frame = self._envelope(classified=self.classified)
         frame.update(self.extra)
         if self.send_text:
             frame["text"] = text_json(self._steps_with_final(self.final_step("".join(self.chunks))))
@@ -257,7 +265,7 @@ class _Stream:
     # ---- the terminal frame ---------------------------------------------------------------------
 
     def _completed(self) -> dict[str, Any]:
-        frame = envelope(self.ctx, classified=True)
+        frame = self._envelope(classified=True)
         frame.update(self.extra)
         frame.update(terminal_keys(self.ctx, related=self.related, reasoning=self.reply.reasoning))
         overrides = self._terminal_overrides()

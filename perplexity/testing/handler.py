@@ -17,6 +17,8 @@ from .script import PRE_STREAM_FAULTS, Fault, RecordedRequest
 from .wire import BodyStream, ChunkedStream, ClientGone, ServerStopping, reset_socket
 
 if TYPE_CHECKING:
+    from .accounts import FakeAccount
+    from .script import ThreadRecord
     from .server import FakePerplexity
 
 __all__ = ["ASK_PATH", "COOKIE_NAME", "FakeHandler", "RouteHandler", "route"]
@@ -52,6 +54,8 @@ class RouteHandler:
     requestline: str
     headers: Any
     close_connection: bool
+    # The account the request's cookie names (valid or not), set by serve_request; None for none.
+    account: FakeAccount | None = None
 
     @property
     def fake(self) -> FakePerplexity:
@@ -63,6 +67,8 @@ class RouteHandler:
         """Record the request, then answer it: endpoint fault, canned answer, route or 404."""
         try:
             request = self._read_request()
+            self.account = self.fake.account_of(self.session_cookie())
+            request.account = self.account.label if self.account is not None else None
             self.fake.record(request)
             fault = self.fake.take_path_fault(request.path)
             if fault is not None and self.apply_endpoint_fault(fault):
@@ -129,6 +135,16 @@ class RouteHandler:
 
     def logged_in(self) -> bool:
         return self.fake.authenticated(self.session_cookie())
+
+    @property
+    def label(self) -> str | None:
+        """The label of the request's account (None without a known cookie)."""
+        return self.account.label if self.account is not None else None
+
+    def own_thread(self, entry: str | None) -> ThreadRecord | None:
+        """The thread holding `entry` if the request's account created it; None for unknown or foreign ones."""
+        thread = self.fake.thread_of_entry(entry)
+        return thread if thread is not None and thread.account == self.label else None
 
     # ---- response side --------------------------------------------------------------------------
 

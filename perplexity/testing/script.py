@@ -67,6 +67,11 @@ class Reply:
     frames: list[dict[str, Any]] | None = None
     research: bool = False
     send_text: bool | None = None
+    # The model the frames report as answering (`display_model`) when Perplexity serves another than the one asked
+    # (a fallback, Best's pick); None: the one asked. Reported from frame `display_model_from` on (0: from the
+    # first, as Perplexity does); the frames before it report the one asked. `user_selected_model` stays the asked.
+    display_model: str | None = None
+    display_model_from: int = 0
 
     def __post_init__(self) -> None:
         if self.format not in REPLY_FORMATS:
@@ -99,7 +104,11 @@ class Fault:
 
 @dataclass
 class RecordedRequest:
-    """One request as the fake received it; `thread` is the context_uuid an ask went to, `http_version` "1.1" or "2"."""
+    """One request as the fake received it; `thread` is the context_uuid an ask went to, `http_version` "1.1" or "2".
+
+    `account` is the label of the account whose session token the cookie carries (current, rotated or
+    expired alike), or None when there is no cookie or the fake never issued its value.
+    """
 
     method: str
     path: str
@@ -109,11 +118,16 @@ class RecordedRequest:
     body: bytes = field(repr=False)
     thread: str | None = None
     http_version: str = "1.1"
+    account: str | None = None
 
 
 @dataclass
 class ThreadRecord:
-    """A thread the fake created: its entries (backend_uuids, oldest first) and secrets."""
+    """A thread the fake created: its entries (backend_uuids, oldest first), secrets and owner.
+
+    Only `account` (the label of the account that created it) can follow it up, reconnect to, stop, export,
+    list or delete it; for other accounts it answers 403 `{}`, as for an unknown thread.
+    """
 
     context_uuid: str
     read_write_token: str = field(repr=False)
@@ -125,3 +139,4 @@ class ThreadRecord:
     queries: list[str] = field(default_factory=list, repr=False)
     # backend_uuid -> the COMPLETED frame of that entry, answered by reconnect.
     final_frames: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    account: str | None = None

@@ -8,16 +8,18 @@ import ssl
 import tempfile
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
-from . import ask, endpoints  # noqa: F401  (importing them registers their routes)
+from . import ask, endpoints, login  # noqa: F401  (importing them registers their routes)
+from .accounts import DEFAULT_ACCOUNT, QUOTA_MODES, FakeAccount, make_user, retry_after_seconds
 from .catalog import FAKE_USER
 from .handler import ASK_PATH, FakeHandler
+from .login import LoginMail, LoginState
 from .script import Fault, RecordedRequest, Reply, ThreadRecord
 from .uploads import Presign
 
@@ -89,7 +91,8 @@ class FakePerplexity:
     By default plain HTTP/1.1. `tls=True` serves TLS with a certificate for 127.0.0.1 and localhost from a CA
     made for this instance (`ca_path`: its PEM file, while serving); `http2=True` also offers h2 through ALPN,
     as Cloudflare does, with `max_concurrent_streams` advertised in SETTINGS. Both need the test requirements
-    (trustme, h2).
+    (trustme, h2). `session_token` logs in the "default" account; `accounts` ({label: token}) adds accounts
+    that survive reset() (see the package docstring for accounts and their switches).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class FakePerplexity:
         tls: bool = False,
         http2: bool = False,
         max_concurrent_streams: int = 100,
+        accounts: Mapping[str, str] | None = None,
     ):
         if host not in _LOOPBACK:
             raise ValueError("the fake upstream binds to loopback only")
@@ -116,7 +120,10 @@ class FakePerplexity:
         self._ca: Any = None  # trustme.CA, made on the first start
         self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.RLock()
-        self._tokens = [session_token]
+        # The account of `session_token` (label "default"); `accounts` (label -> token) adds accounts that,
+        # unlike those of add_account(), survive reset().
+        self._default = FakeAccount(DEFAULT_ACCOUNT, dict(FAKE_USER), [session_token])
+        self._permanent = dict(accounts or {})
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -156,7 +163,9 @@ class FakePerplexity:
         self.models_schema = "v1"
         self.models_fault: Fault | None = None
         self.max_upload_bytes = 50 * 1024 * 1024
-        self.user: dict[str, Any] = dict(FAKE_USER)
+        self.logins = LoginState()  # email sign-in: the mails sent, TOTP secrets, knobs (see .login)
+        self.user = dict(FAKE_USER)  # the default account's user (a property)
+        self._init_accounts()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -235,13 +244,17 @@ class FakePerplexity:
 
     # ---- scripting ------------------------------------------------------------------------------
 
-    def enqueue(self, *items: Reply | Fault) -> None:
-        """Script the next asks, first in first out; a Fault counts `times` asks."""
+    def enqueue(self, *items: Reply | Fault, account: str | None = None) -> None:
+        """Script the next asks, first in first out; a Fault counts `times` asks.
+
+        With `account`, only asks of that account take these items (before any of the shared script).
+        """
         with self._lock:
+            script = self._script if account is None else self.account(account).script
             for item in items:
                 if not isinstance(item, Reply | Fault):
                     raise TypeError(f"expected Reply or Fault, got {type(item).__name__}")
-                self._script.append([item, item.times if isinstance(item, Fault) else 1])
+                script.append([item, item.times if isinstance(item, Fault) else 1])
 
     def fault_for(self, path: str, fault: Fault | None) -> None:
         """Make the next `fault.times` requests to `path` (any method) fail; None clears it."""
@@ -253,6 +266,10 @@ class FakePerplexity:
 
     def reset(self) -> None:
         """Forget the script, recorded requests, counters, threads and uploads (the token stays).
+
+        Accounts go back to the constructor's: those of add_account() are removed, the others lose their
+        expiry, rate limit, quota, rotation settings and scripts; constructor `accounts` get their first
+        token back, the default account keeps its current tokens. The clock offset returns to 0.
 
         Streams still open from earlier requests are ended first, so `open_streams` (a live gauge,
         never zeroed by hand) is back to 0 for the next test.
@@ -281,6 +298,18 @@ class FakePerplexity:
     # ---- session tokens -------------------------------------------------------------------------
 
     @property
+    def _tokens(self) -> list[str]:
+        """The default account's tokens (the valid cookies before the fake had several accounts)."""
+        return self._default.tokens
+
+    @_tokens.setter
+    def _tokens(self, value: list[str]) -> None:
+        with self._lock:
+            self._default.tokens = value
+            self._default.retired.clear()
+            self._default.grace_until.clear()
+
+    @property
     def session_token(self) -> str:
         """The current valid session cookie value; setting it revokes every older one."""
         return self._tokens[-1]
@@ -295,15 +324,220 @@ class FakePerplexity:
         return token is not None and token in self._tokens
 
     def authenticated(self, token: str | None) -> bool:
-        """Return whether a request with this cookie is logged in."""
-        return self.session_valid and self.token_ok(token)
-
-    def rotate_token(self) -> str:
-        """Issue a new session token; older ones keep working (a rolling session)."""
+        """Return whether a request with this cookie is logged in (to any account that is not expired)."""
+        if not self.session_valid or token is None:
+            return False
         with self._lock:
-            token = f"rotated-{uuid.uuid4().hex}"
-            self._tokens.append(token)
-            return token
+            account = self.account_of(token)
+            if account is None:
+                return False
+            if account is self._default and token not in account.tokens:  # a token only token_ok() knows
+                return not account.expired and self.token_ok(token)
+            return account.accepts(token, self.now())
+
+    def rotate_token(self, label: str | None = None) -> str:
+        """Issue a new session token for an account (default: the default one); older ones keep working
+        for the account's rotation grace (`set_rotation`; by default for ever, a rolling session)."""
+        with self._lock:
+            return self.account(label).rotate(self.now())
+
+    # ---- accounts -------------------------------------------------------------------------------
+
+    def _init_accounts(self) -> None:
+        """Back to the constructor's accounts, each with a clean state (the default one keeps its tokens)."""
+        default = self._default
+        self._default = FakeAccount(DEFAULT_ACCOUNT, self.user, default.tokens)
+        self._default.retired = default.retired  # grace deadlines go: the replaced tokens work on
+        self._accounts: dict[str, FakeAccount] = {DEFAULT_ACCOUNT: self._default}
+        self._account_numbers = 1
+        for label, token in self._permanent.items():
+            self.add_account(token, label=label)
+        # The fake's clock (monotonic seconds) for rate limits, quota resets and rotation grace;
+        # `advance()` moves it on without sleeping, or replace `clock` with a callable of your own.
+        self.clock: Callable[[], float] = time.monotonic
+        self._clock_offset = 0.0
+
+    @property
+    def user(self) -> dict[str, Any]:
+        """The default account's `/api/auth/session` user."""
+        return self._default.user
+
+    @user.setter
+    def user(self, value: dict[str, Any]) -> None:
+        self._default.user = value
+
+    def add_account(
+        self,
+        token: str,
+        *,
+        label: str | None = None,
+        tier: str = "pro",
+        email: str | None = None,
+        user_id: str | None = None,
+    ) -> FakeAccount:
+        """Add an account logged in by cookie `token`; its user gets a fresh id and email unless given."""
+        with self._lock:
+            self._account_numbers += 1
+            label = label or f"account-{self._account_numbers}"
+            if label in self._accounts:
+                raise ValueError(f"the fake already has an account {label!r}")
+            if not token or self.account_of(token) is not None:
+                raise ValueError(f"account {label!r} needs a session token no other account uses")
+            user = make_user(label, self._account_numbers, tier=tier, email=email, user_id=user_id)
+            account = FakeAccount(label, user, [token])
+            self._accounts[label] = account
+            return account
+
+    def account(self, label: str | None = None) -> FakeAccount:
+        """The account called `label` (None: the default account); KeyError if there is none."""
+        with self._lock:
+            if label is None:
+                return self._default
+            try:
+                return self._accounts[label]
+            except KeyError:
+                raise KeyError(f"the fake has no account {label!r}; it has {sorted(self._accounts)}") from None
+
+    @property
+    def accounts(self) -> dict[str, FakeAccount]:
+        """label -> account, the default account first."""
+        with self._lock:
+            return dict(self._accounts)
+
+    def account_of(self, token: str | None) -> FakeAccount | None:
+        """The account a cookie value is (or was) a token of, valid or not; None for unknown or no cookie."""
+        if not token:
+            return None
+        with self._lock:
+            for account in self._accounts.values():
+                if account is not self._default and account.owns(token):
+                    return account
+            if self._default.owns(token) or self.token_ok(token):
+                return self._default
+            return None
+
+    def requests_of(self, label: str | None) -> list[RecordedRequest]:
+        """The recorded requests whose cookie named account `label` (None: those with no known cookie)."""
+        with self._lock:
+            return [r for r in self.requests if r.account == label]
+
+    def asks_of(self, label: str | None) -> list[RecordedRequest]:
+        """The recorded asks whose cookie named account `label` (None: those with no known cookie)."""
+        return [r for r in self.asks if r.account == label]
+
+    def threads_of(self, label: str) -> list[ThreadRecord]:
+        """The threads account `label` created, oldest first."""
+        with self._lock:
+            return [t for t in self.threads.values() if t.account == label]
+
+    def expire(self, label: str | None = None) -> None:
+        """End an account's session: its cookies stop logging in (session `{}`, asks 403, quotas all
+        unavailable) until `revive`."""
+        with self._lock:
+            self.account(label).expired = True
+
+    def revive(self, label: str | None = None) -> None:
+        """Undo `expire`."""
+        with self._lock:
+            self.account(label).expired = False
+
+    def rate_limit(self, label: str | None = None, retry_after: float | None = 30.0) -> None:
+        """Answer every ask of the account 429 with Retry-After for `retry_after` seconds of the fake's
+        clock, then normally again; None lifts the limit now."""
+        with self._lock:
+            account = self.account(label)
+            account.rate_limited_until = None if retry_after is None else self.now() + retry_after
+
+    def rate_limited_for(self, label: str | None) -> float | None:
+        """The Retry-After (seconds, rounded up to a tenth) of an account's rate limit, or None."""
+        with self._lock:
+            left = self.account(label).rate_limited_for(self.now())
+            return None if left is None else retry_after_seconds(left)
+
+    def set_quota(
+        self,
+        label: str | None = None,
+        *,
+        pro_search: int | None | EllipsisType = ...,
+        research: int | None | EllipsisType = ...,
+        agentic_research: int | None | EllipsisType = ...,
+        labs: int | None | EllipsisType = ...,
+        reset: float | None | EllipsisType = ...,
+        when_exhausted: Fault | None | EllipsisType = ...,
+    ) -> None:
+        """Set an account's `/rest/rate-limit/status` counts; modes left as `...` keep theirs.
+
+        An int meters the mode: asks of it spend one, and at 0 they fail with `when_exhausted` (default: a
+        200 stream whose first frame is FAILED with error_code RATE_LIMIT_EXCEEDED). None shows the mode as
+        `not_provided` and stops metering it. `reset` (seconds of the fake's clock) refills the metered
+        modes to the counts they had when set, every `reset` seconds; None: never.
+        """
+        counts = {
+            "pro_search": pro_search,
+            "research": research,
+            "agentic_research": agentic_research,
+            "labs": labs,
+        }
+        with self._lock:
+            account = self.account(label)
+            for mode in QUOTA_MODES:
+                count = counts[mode]
+                if count is ...:
+                    continue
+                if count is not None and (not isinstance(count, int) or count < 0):
+                    raise ValueError(f"{mode} must be a count of 0 or more, or None")
+                account.quota[mode] = count
+                if count is None:
+                    account.metered.pop(mode, None)
+                else:
+                    account.metered[mode] = count
+            if reset is not ...:
+                account.quota_period = reset
+                account.quota_resets_at = None if reset is None else self.now() + reset
+            if when_exhausted is not ...:
+                account.when_exhausted = when_exhausted
+
+    def quota_of(self, label: str | None) -> dict[str, int | None]:
+        """mode -> remaining of an account now (None: not provided), as the status table reports it."""
+        with self._lock:
+            return self.account(label).remaining(self.now())
+
+    def spend_quota(self, label: str | None, mode: str | None) -> bool | None:
+        """Spend one query of `mode`: True if spent, False if exhausted, None if the mode is not metered."""
+        with self._lock:
+            return self.account(label).spend(mode, self.now())
+
+    def refund_quota(self, label: str | None, mode: str | None) -> None:
+        with self._lock:
+            self.account(label).refund(mode)
+
+    def set_rotation(
+        self,
+        label: str | None = None,
+        *,
+        on_session: bool = True,
+        on_ask: bool = False,
+        grace: float | None = None,
+    ) -> None:
+        """Rotate an account's token with `Set-Cookie` on each logged-in `/api/auth/session` answer and/or
+        each ask stream; the replaced token keeps working for `grace` seconds of the fake's clock (None: for
+        ever; 0: it stops at once). `set_rotation(label, on_session=False)` turns rotation off."""
+        with self._lock:
+            account = self.account(label)
+            account.rotate_on_session, account.rotate_on_ask, account.rotation_grace = on_session, on_ask, grace
+
+    def login_mail(self, email: str) -> LoginMail | None:
+        """The latest sign-in email the fake "sent" to `email` (`.code`, `.link`), or None."""
+        return self.logins.mail(email)
+
+    def now(self) -> float:
+        """The fake's clock: `clock()` plus what `advance()` added."""
+        return self.clock() + self._clock_offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake's clock on (rate limits, quota resets and rotation grace see it; nothing sleeps)."""
+        with self._lock:
+            self._clock_offset += seconds
 
     # ---- used by the request handlers -----------------------------------------------------------
 
@@ -311,24 +545,36 @@ class FakePerplexity:
         with self._lock:
             self.requests.append(request)
 
-    def take_script_item(self) -> Reply | Fault | None:
-        """Take one use of the head of the script, or None when the script is empty."""
+    def take_script_item(self, account: str | None = None) -> Reply | Fault | None:
+        """Take one use of the head of the script, or None when the script is empty.
+
+        With `account`, that account's own script goes first; see `take_scripted`.
+        """
+        return self.take_scripted(account)[0]
+
+    def take_scripted(self, account: str | None) -> tuple[Reply | Fault | None, str | None]:
+        """Take one use of the head of `account`'s own script, else of the shared one; return the item (None
+        when both are empty) and the label of the script it came from (None: the shared script)."""
         with self._lock:
-            if not self._script:
-                return None
-            entry = self._script[0]
+            own = self._accounts[account].script if account in self._accounts else None
+            script, origin = (own, account) if own else (self._script, None)
+            if not script:
+                return None, None
+            entry = script[0]
             entry[1] -= 1
             if entry[1] <= 0:
-                self._script.popleft()
-            return entry[0]
+                script.popleft()
+            return entry[0], origin
 
-    def give_back(self, item: Reply | Fault) -> None:
-        """Undo `take_script_item` for a request that was refused before using its item."""
+    def give_back(self, item: Reply | Fault, account: str | None = None) -> None:
+        """Undo `take_script_item` for a request that was refused before using its item; `account` names
+        the script it came from (None: the shared script)."""
         with self._lock:
-            if self._script and self._script[0][0] is item:
-                self._script[0][1] += 1
+            script = self._accounts[account].script if account in self._accounts else self._script
+            if script and script[0][0] is item:
+                script[0][1] += 1
             else:
-                self._script.appendleft([item, 1])
+                script.appendleft([item, 1])
 
     def take_path_fault(self, path: str) -> Fault | None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .envelope import AskContext, failed_frame
@@ -30,9 +31,13 @@ def stream_frames(
     reply: Reply | None = None,
     fault: Fault | None = None,
     ctx: AskContext | None = None,
+    headers: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> None:
-    """Answer with `frames` as an SSE response; a final `{}` item goes out as `end_of_stream`."""
-    _StreamWriter(h, frames, reply or Reply(), fault, ctx).run()
+    """Answer with `frames` as an SSE response; a final `{}` item goes out as `end_of_stream`.
+
+    `headers` gives extra response headers, called only when the 200 headers are about to go out.
+    """
+    _StreamWriter(h, frames, reply or Reply(), fault, ctx, headers).run()
 
 
 class _StreamWriter:
@@ -40,9 +45,16 @@ class _StreamWriter:
     has read a whole stream never sees it still counted; an abandoned stream drops when noticed."""
 
     def __init__(
-        self, h: RouteHandler, frames: list[dict[str, Any]], reply: Reply, fault: Fault | None, ctx: AskContext | None
+        self,
+        h: RouteHandler,
+        frames: list[dict[str, Any]],
+        reply: Reply,
+        fault: Fault | None,
+        ctx: AskContext | None,
+        headers: Callable[[], list[tuple[str, str]]] | None = None,
     ) -> None:
         self.h, self.frames, self.reply, self.fault, self.ctx = h, frames, reply, fault, ctx
+        self.headers = headers
         self.after = fault.after_frames if fault else len(frames) + 1
         # The fault still to apply inside the body (slow_first_byte acts before the headers).
         self.pending = fault if fault and fault.kind != "slow_first_byte" else None
@@ -52,7 +64,7 @@ class _StreamWriter:
         try:
             if not self._before_headers():
                 return
-            stream = self.h.start_stream()
+            stream = self.h.start_stream(self.headers() if self.headers else None)
             self.h.fake.stream_opened()
             self.counted = True
             if self._write(stream):
