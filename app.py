@@ -14,13 +14,16 @@ from flask import Flask, Response, g, has_request_context, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import register_blueprints
+from api.cli import group as perplexity_cli
 from api.config import SettingError, defaults, load_dotenv_file, settings_from_env, validate
+from api.core.accounts import account_specs
 from api.edge import quotas, redact
 from api.edge.auth import authenticate, configured_keys
 from api.edge.errors import is_anthropic_request
 from api.edge.errors import register as register_errors
 from api.state import ServerState
 from api.state import init_app as init_state
+from perplexity.proxy import proxy_problem
 
 __all__ = ["app", "create_app"]
 
@@ -59,6 +62,15 @@ def _config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     else:
         values.update(config)
     validate(values)
+    try:  # the accounts (file, tokens) are read now, so a bad one stops the start like any bad setting
+        specs = account_specs(values)
+    except (OSError, ValueError) as exc:
+        named = str(exc).startswith("PERPLEXITY_")  # the normalisation names the setting it read
+        raise SettingError(str(exc) if named else f"PERPLEXITY_ACCOUNTS_FILE cannot be used: {exc}") from None
+    for spec in specs:
+        why = proxy_problem(spec.proxy) if spec.proxy else None
+        if why is not None:
+            raise SettingError(f"PERPLEXITY_ACCOUNTS_FILE: the proxy of account {spec.label} {why}")
     return values
 
 
@@ -98,16 +110,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     keys = configured_keys(app.config)
     redact.reset()
-    redact.register(app.config.get("PERPLEXITY_SESSION_TOKEN"), *(key.decode() for key in keys))
+    tokens = [spec.token for spec in account_specs(app.config)]
+    redact.register(app.config.get("PERPLEXITY_SESSION_TOKEN"), *tokens, *(key.decode() for key in keys))
     if not keys:
         log.warning("no OPENAI_API_KEY or API_KEYS set: the API is open to anyone who can reach it")
-    if not app.config.get("PERPLEXITY_SESSION_TOKEN"):
-        log.warning("PERPLEXITY_SESSION_TOKEN is not set: /v1 requests will fail until it is")
+    if not tokens:
+        log.warning("no Perplexity account (PERPLEXITY_SESSION_TOKEN, ..._TOKENS or ACCOUNTS_FILE): /v1 requests fail")
     server = init_state(app)
     _install_hooks(app, server, keys)
     quotas.init_app(app, server.metrics)
     register_errors(app)
     register_blueprints(app)
+    app.cli.add_command(perplexity_cli)  # flask --app app perplexity login | import-cookie
     return app
 
 

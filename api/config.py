@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CITATION_MODES = ("default", "markdown", "clean")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _IMPERSONATE_WORDS = ("auto", "off", "false", "0", "none", "no")
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 # Settings older releases read that are gone: say so once instead of ignoring them silently.
 _RETIRED = {"PERPLEXITY_HTTP_ADAPTER": "the requests engine is urllib3 alone now"}
 
@@ -129,12 +130,38 @@ def _model_map(value: str) -> str | None:
     return None
 
 
+def _proxy(value: str) -> str | None:
+    # The rules of perplexity.proxy (which the transports apply again), in this module's standard-library terms;
+    # the reason never repeats the value, which may carry a password.
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return "must be scheme://[user:password@]host:port with a numeric port"
+    if parts.scheme.lower() not in _PROXY_SCHEMES:
+        scheme = parts.scheme
+        shown = f"{scheme}://" if scheme.isalnum() and len(scheme) <= 8 else "no scheme"  # never a password
+        return f"must start with http://, https://, socks5:// or socks5h://, not {shown}"
+    if not parts.hostname or not port or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "must be scheme://[user:password@]host:port, with its host and port and no path"
+    if any(ch.isspace() for ch in text):
+        return "must be scheme://[user:password@]host:port, without spaces"
+    return None
+
+
 def _log_level(value: str) -> str | None:
     return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}, not {value!r}"
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("PERPLEXITY_SESSION_TOKEN", None, str, "Value of the __Secure-next-auth.session-token cookie", True),
+    Setting(
+        "PERPLEXITY_SESSION_TOKENS", None, str, "Several accounts' session tokens, comma-separated (a pool)", True
+    ),
+    Setting(
+        "PERPLEXITY_ACCOUNTS_FILE", None, str, "A file of accounts, one a line: [label] token [proxy-url] (a pool)"
+    ),
     Setting("PERPLEXITY_TOKEN_FILE", None, str, "File that keeps the rotated session cookie across restarts"),
     Setting(
         "PERPLEXITY_BASE_URL", "https://www.perplexity.ai", str, "Perplexity web app URL (a fake for tests)",
@@ -223,6 +250,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CONVERSATION_STORE_MAX_ITEMS_PER_CALLER", 5_000, int,
         "Conversations kept in memory per key (or address) per worker, whatever user it names", minimum=1,
+    ),
+    Setting(
+        "PERPLEXITY_PROXY", None, str, "Proxy for every upstream request: http://, https://, socks5:// or socks5h:// "
+        "URL, user:password@ optional", secret=True, check=_proxy,
+    ),
+    Setting(
+        "SESSION_KEEPALIVE_SECONDS", 4 * 3600, int,
+        "Seconds between each account's session checks (keeps it alive; Perplexity rotates the cookie on them)",
+        minimum=1,
+    ),
+    Setting(
+        "ALERT_WEBHOOK_URL", None, str, "Where account state changes are POSTed as JSON (no token in them)",
+        check=_http_url,
+    ),
+    Setting(
+        "QUOTA_FALLBACK_MODEL", None, str, "Model served when every account is out of the requested mode's quota"
+    ),
+    Setting(
+        "QUOTA_REFRESH_SECONDS", 60, int, "Seconds an account's quota (Perplexity's rate-limit status) is cached",
+        minimum=1,
+    ),
+    Setting(
+        "QUOTA_RETRY_AFTER", 3600, int, "Retry-After (seconds) of a quota_exhausted 429 when Perplexity names no reset",
+        minimum=1,
     ),
     Setting("LOG_LEVEL", "INFO", str, "Python log level", check=_log_level),
 )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -11,15 +12,19 @@ from typing import Any
 from flask import Flask, current_app
 
 from perplexity.client import PerplexityClient
+from perplexity.cookies import normalize_session_token
 from perplexity.errors import PerplexityError
 from perplexity.types import SessionInfo
 
+from .alerts import Alerter
+from .core.accounts import Account, AccountPool, AccountSpec, AccountWatcher, account_specs, save_token
 from .core.continuity import Continuity
 from .core.modelmap import BUILTIN_CATALOGUE, ModelMap
 from .core.service import ChatService
 from .edge import redact
 from .edge.metrics import Metrics
 from .stores import open_stores
+from .stores.accounts import SharedAccounts
 from .stores.redis_store import redis_reachable
 from .stores.streams import StreamLeases, open_stream_leases
 from .stores.token_file import TokenFile
@@ -45,7 +50,10 @@ class ServerState:
         self.streams_by_caller: Counter[str] = Counter()
         # The callers' stream slots shared through Redis (None: each worker's own count is the cap).
         self.stream_leases: StreamLeases | None = open_stream_leases(config)
-        self._client: PerplexityClient | None = None
+        self._pool: AccountPool | None = None
+        self._watcher: AccountWatcher | None = None
+        self.alerter = Alerter(config.get("ALERT_WEBHOOK_URL"))
+        self._client: PerplexityClient | None = None  # only with no account configured
         self._lock = threading.Lock()
         # Models: the built-in list until the account's catalogue has been loaded.
         self._models = ModelMap(BUILTIN_CATALOGUE)
@@ -59,25 +67,64 @@ class ServerState:
     # ---- the Perplexity client ------------------------------------------------------------
 
     @property
+    def pool(self) -> AccountPool:
+        """The worker's Perplexity accounts, each with its own client (one connection pool per account)."""
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = AccountPool(
+                        account_specs(self.config),
+                        self._make_client,
+                        on_change=self._account_changed,
+                        shared=self._shared_accounts(),
+                    )
+                    self._watcher = AccountWatcher(self._pool, self.config, self._reload_specs)
+                    self._watcher.start()
+        return self._pool
+
+    def _shared_accounts(self) -> SharedAccounts | None:
+        """The pool's state in the conversation store's Redis (shared by workers and instances), when it is one."""
+        client = getattr(self.store, "redis", None)
+        if client is None:
+            return None
+        return SharedAccounts(client, StreamLeases(client, float(self.config["STREAM_LEASE_SECONDS"])))
+
+    def _account_changed(self, account: Account, previous: str, state: str) -> None:
+        """One alert per state change: a WARNING line, the alert counter, the webhook (no token in any)."""
+        log.warning("account %s: %s -> %s (%s)", account.label, previous, state, account.reason or "")
+        self.metrics.account_alerts.labels(account.label, state).inc()
+        self.alerter.account_changed(account.label, previous, state, account.reason)
+
+    def _reload_specs(self) -> list[AccountSpec]:
+        return account_specs(self.config)
+
+    @property
     def client(self) -> PerplexityClient:
-        """The worker's Perplexity client (one connection pool per process)."""
+        """A client for account-less calls (the catalogue, session checks): the first usable account's; with no
+        account configured, one without a session (its calls say so)."""
+        account = self.pool.first()
+        if account is not None:
+            return account.client
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._make_client()
+                    self._client = self._make_client(None)
         return self._client
 
     @property
     def service(self) -> ChatService:
         """The chat service over the current model map (cheap: made per request)."""
-        return ChatService(self.client, self.models, self.continuity, self.config)
+        return ChatService(self.pool, self.models, self.continuity, self.config, fallback=self.client)
 
-    def _make_client(self) -> PerplexityClient:
+    def _make_client(self, spec: AccountSpec | None) -> PerplexityClient:
         c = self.config
-        token, on_rotated = c["PERPLEXITY_SESSION_TOKEN"], None
-        if token and c.get("PERPLEXITY_TOKEN_FILE"):
+        token, on_rotated = (spec.token if spec else None), None
+        # The single configured token (as the accounts read it: normalised from any pasted form) keeps its rotations.
+        if token and c.get("PERPLEXITY_TOKEN_FILE") and token == _configured_token(c.get("PERPLEXITY_SESSION_TOKEN")):
             store = TokenFile(str(c["PERPLEXITY_TOKEN_FILE"]), token)
             token, on_rotated = store.load() or token, store.save
+        elif spec is not None and c.get("PERPLEXITY_ACCOUNTS_FILE"):
+            on_rotated = functools.partial(self._rotated, spec.label)  # kept in the accounts file
         client = PerplexityClient(
             token,
             on_token_rotated=on_rotated,
@@ -85,12 +132,21 @@ class ServerState:
             impersonate=c["PERPLEXITY_IMPERSONATE"],
             pool_size=int(c["PERPLEXITY_POOL_SIZE"]),
             ca_bundle=c.get("PERPLEXITY_CA_BUNDLE"),
+            # The account's own proxy, else PERPLEXITY_PROXY (an account-less client has no spec).
+            proxy=(spec.proxy if spec is not None else None) or c.get("PERPLEXITY_PROXY"),
             connect_timeout=float(c["PERPLEXITY_CONNECT_TIMEOUT"]),
             read_timeout=float(c["PERPLEXITY_READ_TIMEOUT"]),
             max_retries=int(c["PERPLEXITY_MAX_RETRIES"]),
         )
         redact.register_source(client.cookie.secrets)  # the live cookie: Perplexity rotates it
         return client
+
+    def _rotated(self, label: str, token: str) -> None:
+        """Perplexity rotated an account's cookie: the accounts file keeps the new one (0600, atomic), and the pool
+        knows it first, so the file's change is not taken for a new token."""
+        spec = self.pool.adopt_rotation(label, token)
+        if spec is not None:
+            save_token(str(self.config["PERPLEXITY_ACCOUNTS_FILE"]), spec)
 
     def store_problems(self) -> list[str]:
         """Why the shared stores cannot be used now (for readiness): a Redis that does not answer a PING."""
@@ -111,7 +167,7 @@ class ServerState:
         """The current model map; starts a background refresh when it is stale, never waits for it."""
         ttl = float(self.config["MODELS_REFRESH_SECONDS"])
         stale = self.models_loaded_at is None or time.time() - self.models_loaded_at > ttl
-        if stale and self.config.get("PERPLEXITY_SESSION_TOKEN") and not self._refreshing.locked():
+        if stale and self.pool.accounts and not self._refreshing.locked():
             threading.Thread(target=self.refresh_models, daemon=True, name="models-refresh").start()
         return self._models
 
@@ -174,11 +230,23 @@ class ServerState:
         self.metrics.open_streams.dec()
 
     def close(self) -> None:
-        """Release the connection pool and any stream slots still leased."""
+        """Release the connection pools and any stream slots still leased."""
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._pool is not None:
+            self._pool.close()
         if self._client is not None:
             self._client.close()
         if self.stream_leases is not None:
             self.stream_leases.close()
+
+
+def _configured_token(value: Any) -> str | None:
+    """PERPLEXITY_SESSION_TOKEN's token, whatever form it was pasted in; None when it holds none."""
+    try:
+        return normalize_session_token(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def init_app(app: Flask) -> ServerState:

@@ -22,6 +22,7 @@ from perplexity.errors import PerplexityError
 from perplexity.stream import AskStream
 
 from . import lifecycle
+from .core.accounts import FAILOVER_ERRORS
 from .core.completion import CompletionMeta
 from .core.errors import APIError
 from .core.service import PreparedAsk
@@ -145,7 +146,15 @@ class StreamHooks:
     failed: Callable[[BaseException], None]
 
 
-def _stream_hooks(server: ServerState) -> StreamHooks:
+def _account_failed(server: ServerState, prepared: PreparedAsk, exc: BaseException) -> None:
+    """A failure of the account's own (an in-stream rate limit, an exhausted quota) after the ask opened: the
+    next asks go elsewhere (this one cannot move: the answer had started)."""
+    account = server.pool.get(prepared.account)
+    if account is not None and isinstance(exc, FAILOVER_ERRORS):
+        server.pool.failed(account, exc)
+
+
+def _stream_hooks(server: ServerState, prepared: PreparedAsk) -> StreamHooks:
     started = g.started
 
     def first_token() -> None:
@@ -155,6 +164,7 @@ def _stream_hooks(server: ServerState) -> StreamHooks:
         # The one place a stream failure is counted and logged (the client gets its family's error event).
         if isinstance(exc, PerplexityError):
             server.record_upstream_error(exc)
+            _account_failed(server, prepared, exc)
             log.warning("stream ended by upstream %s: %s", exc.kind, exc.message)
         elif not isinstance(exc, APIError):
             log.exception("stream failed")
@@ -204,6 +214,23 @@ def _stream_response(body: Iterator[bytes], upstream: AskStream, slot: StreamSlo
     return response
 
 
+def _account_headers(server: ServerState, prepared: PreparedAsk) -> dict[str, str]:
+    """Which account answered (its label, never its token), its quota left as Perplexity last reported it, and
+    the model asked for when QUOTA_FALLBACK_MODEL served instead."""
+    headers = {}
+    if prepared.fallback_from:
+        headers["x-perplexity-quota-fallback"] = prepared.fallback_from
+    account = server.pool.get(prepared.account)
+    if account is None:
+        return headers
+    headers["x-perplexity-account"] = account.label
+    if account.quota is not None:
+        left = [f"{name}={mode.remaining}" for name, mode in account.quota.modes.items() if mode.remaining is not None]
+        if left:
+            headers["x-perplexity-quota-remaining"] = ", ".join(left)
+    return headers
+
+
 def _continuity_header(prepared: PreparedAsk) -> dict[str, str]:
     """`X-Conversation-Continued` for a request that carries a conversation: whether it went to Perplexity as a
     follow-up on the thread, or started a new one (its history flattened): the store was down, the history did
@@ -240,12 +267,17 @@ def answer(
             slot.release()
         raise
     headers = {**(headers or {}), **_continuity_header(prepared)}
+    headers.update(_account_headers(server, prepared))
     try:
         if stream is not None and slot is not None:
-            hooks = _stream_hooks(server)
+            hooks = _stream_hooks(server, prepared)
             body = _guarded(stream(upstream, hooks), upstream, hooks, fail)
             return _stream_response(body, upstream, slot, headers)
-        read_whole(upstream, turn)
+        try:
+            read_whole(upstream, turn)
+        except PerplexityError as exc:
+            _account_failed(server, prepared, exc)
+            raise
         response = whole()
         response.headers.update(headers)
         return response

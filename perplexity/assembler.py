@@ -21,6 +21,7 @@ from .types import (
     Failed,
     MediaItem,
     MediaUpdate,
+    ModelUpdate,
     ReasoningDelta,
     RelatedQuestions,
     Source,
@@ -61,7 +62,11 @@ class AnswerAssembler:
         self.sources: tuple[Source, ...] = ()
         self.media: tuple[MediaItem, ...] = ()
         self.thread: ThreadIds | None = None
+        # The model answering, as Perplexity reports it (`display_model`; the `user_selected_model` echo only
+        # until a frame names the former), and its last `mode` echo.
         self.model: str | None = None
+        self.mode: str | None = None
+        self._displayed = False
         self.research = False
         self.title: str | None = None
         self.related_questions: tuple[str, ...] = ()
@@ -149,8 +154,11 @@ class AnswerAssembler:
             return None
         if "text" in frame or "media_items" in frame or frame.get("error_code"):
             return None
-        model = frame.get("display_model") or frame.get("user_selected_model")
+        model = self._reported_model(frame)
         if model and model != self.model:
+            return None
+        echo = frame.get("mode")
+        if echo and echo != self.mode:
             return None
         mode = frame.get("search_mode")
         if mode and str(mode).upper() == "RESEARCH":
@@ -201,10 +209,25 @@ class AnswerAssembler:
 
     # ---- envelope -------------------------------------------------------------------------
 
-    def _read_envelope(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
-        model = frame.get("display_model") or frame.get("user_selected_model")
+    def _reported_model(self, frame: dict[str, Any]) -> str | None:
+        """The model this frame says is answering: `display_model` (every frame carries it), else the
+        `user_selected_model` echo (the terminal frame's), which never overrides a `display_model` seen."""
+        model = frame.get("display_model")
         if isinstance(model, str) and model:
-            self.model = model
+            return model
+        model = None if self._displayed else frame.get("user_selected_model")
+        return model if isinstance(model, str) and model else None
+
+    def _read_envelope(self, frame: dict[str, Any], events: list[AskEvent]) -> None:
+        model = self._reported_model(frame)
+        if model is not None:
+            self._displayed = self._displayed or bool(frame.get("display_model"))
+            if model != self.model:
+                self.model = model
+                events.append(ModelUpdate(model))
+        echo = frame.get("mode")
+        if isinstance(echo, str) and echo:
+            self.mode = echo
         mode = frame.get("search_mode")
         if mode and str(mode).upper() == "RESEARCH":
             self.research = True
@@ -512,6 +535,7 @@ class AnswerAssembler:
             title=self.title,
             thread=self.thread,
             model=self.model,
+            mode=self.mode,
         )
         events.append(self.completed)
 

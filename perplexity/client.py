@@ -9,6 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,7 @@ class PerplexityClient:
         impersonate: str | None = "auto",
         pool_size: int = 64,
         ca_bundle: str | None = None,
+        proxy: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         max_retries: int = 2,
@@ -75,12 +77,16 @@ class PerplexityClient:
         self.base_url = base_url.rstrip("/")
         self.cookie = SessionCookie(session_token, on_rotate=on_token_rotated)
         if transport is None:
+            # `proxy` (perplexity.proxy) carries every request of this client: one account, one exit.
             transport = make_transport(
                 base_url=self.base_url,
                 impersonate=resolve_impersonation(impersonate, self.base_url),
                 pool_size=pool_size,
                 ca_bundle=ca_bundle,
+                proxy=proxy,
             )
+        elif proxy:
+            raise ConfigurationError("pass the proxy to the transport given to the client, not to the client")
         self.transport = transport
         self.timeout = (connect_timeout, read_timeout)
         self.max_retries = max_retries
@@ -375,8 +381,23 @@ def _quota(value: Any) -> ModeQuota:
     detail = value.get("remaining_detail") if isinstance(value.get("remaining_detail"), dict) else {}
     remaining = detail.get("remaining") if detail.get("kind") == "exact" else None
     return ModeQuota(
-        available=bool(value.get("available")), remaining=remaining if isinstance(remaining, int) else None
+        available=bool(value.get("available")),
+        remaining=remaining if isinstance(remaining, int) else None,
+        resets_at=_reset_time(detail.get("resets_at", value.get("resets_at", detail.get("reset_at")))),
     )
+
+
+def _reset_time(value: Any) -> float | None:
+    """A reset time as epoch seconds (a number or an ISO 8601 string); None when absent or unreadable. No capture
+    shows Perplexity sending one; when it does, the pool uses it for cooldowns and Retry-After."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def _check_upload_host(url: str) -> None:

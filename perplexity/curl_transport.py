@@ -23,6 +23,7 @@ from perplexity.errors import (
 )
 
 from .curl_hub import CURL_WRITEFUNC_PAUSE, CurlHub, GeventHub, ThreadHub, Transfer, native_thread_id
+from .proxy import ProxyURL, parse_proxy
 from .requests_transport import prepare_request
 from .transport import _gevent_patched, _host, _read_limited, parse_set_cookies
 
@@ -32,8 +33,9 @@ __all__ = ["CurlResponse", "CurlTransport"]
 # libcurl ABI constants (curl/curl.h); returning _WRITEFUNC_ERROR from a write callback fails the transfer.
 _WRITEFUNC_ERROR = 0xFFFFFFFF
 _CURLE_OPERATION_TIMEDOUT = 28
-# Failures before anything was sent: proxy/host lookup, TCP connect, TLS handshake and certificate checks.
-_CURL_CONNECT_CODES = frozenset({5, 6, 7, 35, 45, 58, 59, 60, 77, 83, 90, 91})
+# Failures before anything was sent: proxy/host lookup, TCP connect, TLS handshake and certificate checks, and
+# the proxy's own refusals (97, CURLE_PROXY: a SOCKS handshake or its authentication failed).
+_CURL_CONNECT_CODES = frozenset({5, 6, 7, 35, 45, 58, 59, 60, 77, 83, 90, 91, 97})
 # Body bytes one transfer may hold before its write callback pauses it; the reader unpauses it once drained.
 # Paused, curl stops reading it: over HTTP/1.1 it leaves the socket unread; over HTTP/2 it stops granting the
 # stream flow-control window, so the stream's other data waits in libcurl, at most what is left of the window the
@@ -46,9 +48,11 @@ BUFFER_SIZE = 16 * 1024
 UPLOAD_BUFFER_SIZE = 16 * 1024  # libcurl's minimum (its default is 64 KiB)
 
 
-def _curl_error(code: int, host: str, *, sent: bool, in_body: bool) -> TransportError:
-    """The one place curl result codes become `TransportError`s (`sent`: the request may have left)."""
+def _curl_error(code: int, host: str, *, sent: bool, in_body: bool, via: str = "") -> TransportError:
+    """The one place curl result codes become `TransportError`s (`sent`: the request may have left; `via`: the
+    proxy, masked, as " through the proxy ...")."""
     text = ffi.string(lib.curl_easy_strerror(code)).decode("ascii", "replace")
+    host += via
     where = "while reading the response body" if in_body else "before the response"
     if code == _CURLE_OPERATION_TIMEDOUT:
         if not sent:
@@ -296,6 +300,13 @@ class _CurlTransfer(Transfer):
         """Nothing sent, nothing received: the transfer can start over."""
         return not self._head_sent and self._last_byte is None and not self._request_sent()
 
+    def _proxy_refused(self) -> int | None:
+        """The HTTP proxy's answer to our CONNECT when it was not a 2xx (e.g. 407), else None."""
+        if self._handle is None:
+            return None
+        status = int(self._handle.curl.getinfo(CurlInfo.HTTP_CONNECTCODE))
+        return status if status >= 300 else None
+
     def _request_sent(self) -> bool:
         # REQUEST_SIZE counts request bytes written (set even when the transfer failed).
         return self._handle is not None and int(self._handle.curl.getinfo(CurlInfo.REQUEST_SIZE)) > 0
@@ -306,8 +317,17 @@ class _CurlTransfer(Transfer):
             return
         error = None
         if code and not self.aborted:
-            sent = timed_out or self._sent_at is not None or self._request_sent()
-            error = _curl_error(code, self._host, sent=sent, in_body=self._head_sent)
+            proxy = self._transport.proxy
+            refused = self._proxy_refused() if proxy is not None and not self._head_sent else None
+            if refused is not None:
+                # The tunnel was never opened: nothing reached the server, whatever curl counted as sent.
+                error = UpstreamConnectError(
+                    f"could not connect to {self._host}: the proxy {proxy.masked} answered CONNECT with HTTP {refused}"
+                )
+            else:
+                sent = timed_out or self._sent_at is not None or self._request_sent()
+                via = f" through the proxy {proxy.masked}" if proxy is not None else ""
+                error = _curl_error(code, self._host, sent=sent, in_body=self._head_sent, via=via)
         elif code == 0 and not self._head_sent:
             error = TransportError(f"{self._host} closed the connection without a response")
         # After a failure start afresh; after our own abort the handle is clean (its stream or connection went).
@@ -417,13 +437,24 @@ class CurlTransport:
     """curl_cffi with browser impersonation; transfers share one multi handle per gevent hub (or thread).
 
     `pool_size` bounds the idle easy handles kept for reuse (connections live in the multi handle, shared).
-    `ca_bundle` is the CA file to trust (default: certifi's, as requests uses).
+    `ca_bundle` is the CA file to trust (default: certifi's, as requests uses), for an https:// proxy too.
+    `proxy` carries every transfer (see `perplexity.proxy`; libcurl speaks all its schemes natively).
     """
 
-    def __init__(self, *, impersonate: str = "chrome", pool_size: int = 64, ca_bundle: str | None = None):
+    def __init__(
+        self,
+        *,
+        impersonate: str = "chrome",
+        pool_size: int = 64,
+        ca_bundle: str | None = None,
+        proxy: str | None = None,
+    ):
         from requests.certs import where
 
         self.name = f"curl_cffi:{impersonate}"
+        self.proxy: ProxyURL | None = parse_proxy(proxy) if proxy else None
+        # Empty: no proxy, and libcurl's *_proxy environment variables ignored, as requests' trust_env=False.
+        self._proxy_option = self.proxy.url.encode() if self.proxy is not None else b""
         self._cainfo = (ca_bundle or where()).encode()
         self._target = resolve_latest_browser_type(impersonate)
         self._pool_size = pool_size
@@ -470,6 +501,12 @@ class CurlTransport:
         response = CurlResponse(transfer)
         try:
             response._wait_head()
+            if response.status_code == 407 and self.proxy is not None:
+                # A plain-http request is forwarded, not tunnelled: the proxy's refusal comes back as the response.
+                raise UpstreamConnectError(
+                    f"could not connect to {transfer.origin.partition('://')[2]}: the proxy {self.proxy.masked} "
+                    "refused the request (HTTP 407, check its user and password)"
+                )
             self._learn(transfer)
             if not stream:
                 response._preload()
@@ -561,7 +598,13 @@ class CurlTransport:
         curl.setopt(CurlOpt.NOSIGNAL, 1)  # no SIGALRM for timeouts: libcurl shares the process with gevent
         curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, max(1, int(timeout[0] * 1000)))
         curl.setopt(CurlOpt.FOLLOWLOCATION, 0)
-        curl.setopt(CurlOpt.PROXY, b"")  # ignore *_proxy environment variables, like trust_env=False
+        curl.setopt(CurlOpt.PROXY, self._proxy_option)
+        if self.proxy is not None:
+            # An explicit empty list: no_proxy in the environment must not exempt any host from the proxy.
+            curl.setopt(CurlOpt.NOPROXY, b"")
+            # The proxy's answer to CONNECT is not the response: keep it out of the header callback.
+            curl.setopt(CurlOpt.SUPPRESS_CONNECT_HEADERS, 1)
+            curl.setopt(CurlOpt.PROXY_CAINFO, self._cainfo)
         curl.setopt(CurlOpt.CAINFO, self._cainfo)
         # Impersonation sends the browser's Accept-Encoding; this option makes curl decode the body too.
         curl.setopt(CurlOpt.ACCEPT_ENCODING, b"gzip, deflate, br, zstd")

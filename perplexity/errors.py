@@ -56,6 +56,8 @@ _SECRET_PATTERNS = (
     re.compile(r"(\"?read_write_token\"?\s*[:=]\s*\"?)[^\"\s,;}]+", re.I),
     re.compile(r"((?:authorization|cookie|set-cookie)\"?\s*[:=]\s*\"?)[^\"\n]+", re.I),
     re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.?[\w-]*"),  # JWT / JWE compact forms
+    # The password in a URL's userinfo (a proxy's, a Redis URL's), whoever echoed the URL.
+    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)", re.I),
 )
 
 

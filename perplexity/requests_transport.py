@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from perplexity.errors import (
+    ConfigurationError,
     TransportError,
     UpstreamConnectError,
     UpstreamTimeoutError,
@@ -25,6 +26,7 @@ from perplexity.errors import (
 )
 
 from .extract import dumps_json
+from .proxy import ProxyURL, parse_proxy
 from .transport import _gevent_patched, _host, _read_limited, parse_set_cookies
 
 __all__ = ["RequestsResponse", "RequestsTransport", "prepare_request"]
@@ -95,22 +97,45 @@ class _RefuseCookies(http.cookiejar.CookiePolicy):
         return False
 
 
-def _map_requests_error(exc: Exception, url: str, *, in_body: bool) -> TransportError | None:
+def _is_proxy_failure(exc: BaseException) -> bool:
+    """True when the graph shows the proxy refused or could not be reached (before anything reached the host)."""
+    for item in _exception_graph(exc):
+        name = type(item).__name__
+        if isinstance(item, requests.exceptions.ProxyError) or name in ("ProxyError", "NewConnectionError"):
+            return True
+        if type(item).__module__ == "socks":  # PySocks: a SOCKS handshake or its authentication failed
+            return True
+    return False
+
+
+def _map_requests_error(
+    exc: Exception, url: str, *, in_body: bool, proxy: ProxyURL | None = None
+) -> TransportError | None:
     """The one place `requests`/urllib3 failures become `TransportError`s, for the request and the body.
 
     Returns None for an exception that is not an HTTP failure (a bug), which the caller re-raises as is.
+    With a `proxy`, messages name it (masked) and never carry its credentials, whatever the library wrote.
     """
     # Body reads go through urllib3 directly: its exceptions (and socket errors) are not requests'.
-    from_http_stack = type(exc).__module__.startswith(("urllib3", "http.client"))
+    from_http_stack = type(exc).__module__.startswith(("urllib3", "http.client", "socks"))
     if not (isinstance(exc, requests.RequestException) or from_http_stack or (in_body and isinstance(exc, OSError))):
         return None
-    host = _host(url)
+    host = _host(url) + (f" through the proxy {proxy.masked}" if proxy is not None else "")
+    error = _mapped_error(exc, host, in_body=in_body, proxy=proxy is not None)
+    if proxy is not None:
+        error.message = proxy.scrub(error.message)
+        error.args = (error.message,)
+    return error
+
+
+def _mapped_error(exc: Exception, host: str, *, in_body: bool, proxy: bool) -> TransportError:
     if isinstance(exc, requests.ConnectTimeout):
         return UpstreamConnectError(f"timed out connecting to {host}")
     if isinstance(exc, requests.ReadTimeout) or _is_timeout(exc):
         where = "while reading the response body" if in_body else "waiting for the response"
         return UpstreamTimeoutError(f"read timed out {where} from {host}")
-    if not in_body and (isinstance(exc, requests.exceptions.SSLError) or _is_connect_failure(exc)):
+    connect_failed = isinstance(exc, requests.exceptions.SSLError) or _is_connect_failure(exc)
+    if not in_body and (connect_failed or (proxy and _is_proxy_failure(exc))):
         return UpstreamConnectError(f"could not connect to {host}: {_reason(exc)}")
     where = "while reading the response body" if in_body else "before the response"
     return TransportError(f"connection to {host} failed {where}: {_reason(exc)}")
@@ -219,9 +244,10 @@ class RequestsResponse:
 
     supports_idle = True
 
-    def __init__(self, response: requests.Response, url: str) -> None:
+    def __init__(self, response: requests.Response, url: str, proxy: ProxyURL | None = None) -> None:
         self._response = response
         self._url = url
+        self._proxy = proxy
         self._body: bytes | None = None
         self._closed = False
         self._reading = False
@@ -290,7 +316,9 @@ class RequestsResponse:
                 yield item
 
     def _mapped(self, exc: BaseException) -> BaseException:
-        error = _map_requests_error(exc, self._url, in_body=True) if isinstance(exc, Exception) else None
+        if not isinstance(exc, Exception):
+            return exc
+        error = _map_requests_error(exc, self._url, in_body=True, proxy=self._proxy)
         return exc if error is None else error
 
     def _raw_chunks(self) -> Iterator[bytes]:
@@ -360,21 +388,49 @@ def prepare_request(
     return prepared
 
 
+class _Adapter(HTTPAdapter):
+    """An HTTPAdapter that checks an https:// proxy's certificate for plain-http targets too.
+
+    requests sets up certificate checks from the target's scheme alone: through an https:// proxy, an https target
+    gets the proxy checked with it (urllib3 wraps the tunnel with the target's settings), a plain-http one gets
+    CERT_NONE on the pool, which is the proxy's own connection.
+    """
+
+    proxy_tls = False
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)
+        if self.proxy_tls and verify and url.lower().startswith("http:"):
+            super().cert_verify(conn, "https:" + url[5:], verify, cert)
+
+
 class RequestsTransport:
     """`requests` (urllib3) with pooled connections, no proxies from the environment and no cookie jar.
 
     For a base URL that is not impersonated (the fake upstream, a local proxy). `ca_bundle` is the CA file to
-    trust (requests' `verify`; default: certifi's bundle).
+    trust (requests' `verify`; default: certifi's bundle), for an https:// proxy too. `proxy` carries every
+    request (see `perplexity.proxy`); socks5:// and socks5h:// need PySocks (`requests[socks]`).
     """
 
     name = "requests"
 
-    def __init__(self, *, pool_size: int = 64, ca_bundle: str | None = None) -> None:
+    def __init__(self, *, pool_size: int = 64, ca_bundle: str | None = None, proxy: str | None = None) -> None:
+        self.proxy: ProxyURL | None = parse_proxy(proxy) if proxy else None
+        if self.proxy is not None and self.proxy.is_socks:
+            try:
+                import urllib3.contrib.socks  # noqa: F401  (needs PySocks)
+            except ImportError:
+                raise ConfigurationError(
+                    f"a {self.proxy.scheme}:// proxy needs the PySocks package (pip install PySocks)"
+                ) from None
+        # One proxy for both schemes; an empty mapping sends directly (the environment is never read).
+        self._proxies = {"http": self.proxy.url, "https": self.proxy.url} if self.proxy is not None else {}
         session = requests.Session()
         # trust_env=False skips proxy/.netrc lookups on every request.
         session.trust_env = False
         session.cookies.set_policy(_RefuseCookies())
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, pool_block=False, max_retries=0)
+        adapter = _Adapter(pool_connections=4, pool_maxsize=pool_size, pool_block=False, max_retries=0)
+        adapter.proxy_tls = self.proxy is not None and self.proxy.scheme == "https"
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self._session = session
@@ -399,16 +455,25 @@ class RequestsTransport:
             # Sent with the adapter directly: Session.send would add hooks, cookie extraction and redirect
             # bookkeeping, none of which apply (no jar, no redirects followed, no hooks).
             prepared = prepare_request(method.upper(), url, headers, params, json, data, files)
-            response = self.adapter.send(prepared, stream=True, timeout=timeout, verify=self._verify, proxies={})
+            response = self.adapter.send(
+                prepared, stream=True, timeout=timeout, verify=self._verify, proxies=self._proxies
+            )
             # The request (orjson's output buffer is ~16 KB whatever the body size) would otherwise live as
             # long as the response: for an answer stream, minutes.
             response.request = None
         except Exception as exc:
-            error = _map_requests_error(exc, url, in_body=False)
+            error = _map_requests_error(exc, url, in_body=False, proxy=self.proxy)
             if error is None:
                 raise
             raise error from exc
-        result = RequestsResponse(response, url)
+        if response.status_code == 407 and self.proxy is not None:
+            # A plain-http request is forwarded, not tunnelled: the proxy's refusal comes back as the response.
+            response.close()
+            raise UpstreamConnectError(
+                f"could not connect to {_host(url)}: the proxy {self.proxy.masked} refused the request "
+                "(HTTP 407, check its user and password)"
+            )
+        result = RequestsResponse(response, url, self.proxy)
         if not stream:
             try:
                 result._preload()

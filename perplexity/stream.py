@@ -44,6 +44,7 @@ class AskStream:
         self._response = response
         self.request_id = request_id
         self._on_close = on_close
+        self._also_on_close: list[Callable[[], None]] = []
         self._assembler = AnswerAssembler()
         self._closed = False
         self._iterator: Iterator[AskEvent] | None = None
@@ -61,6 +62,11 @@ class AskStream:
     def thread(self) -> ThreadIds | None:
         """The thread ids once known (they arrive in the first frames)."""
         return self._assembler.thread
+
+    @property
+    def model(self) -> str | None:
+        """The model Perplexity says is answering, once a frame named it (from the first one, normally)."""
+        return self._assembler.model
 
     @property
     def completed(self) -> Completed | None:
@@ -106,6 +112,15 @@ class AskStream:
         finally:
             if self._on_close is not None:
                 self._on_close(self)
+            for callback in self._also_on_close:
+                callback()
+
+    def also_on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once when the stream closes (an account pool counting its open asks, for instance)."""
+        if self._closed:
+            callback()
+        else:
+            self._also_on_close.append(callback)
 
     def collect(self) -> AskResult:
         """Read the whole stream and return the answer (Perplexity's final text wins)."""
@@ -123,6 +138,7 @@ class AskStream:
             thread=done.thread,
             model=done.model,
             clarifying_questions=tuple(self._assembler.clarifications),
+            mode=done.mode,
         )
 
     # ---- reading --------------------------------------------------------------------------

@@ -24,6 +24,11 @@ Messages name the host and the failure, never header values.
 
 Neither transport keeps cookies: the caller sends its `Cookie` header on every request, and
 `TransportResponse.set_cookies` reports what a response set. Redirects are not followed.
+
+Proxy (`perplexity.proxy`): with one, every request goes through it (an https target through a CONNECT tunnel
+or SOCKS, so the proxy never sees the cookie; a plain-http one is forwarded as is), and the environment's
+*_proxy and no_proxy variables are ignored either way. A failure to reach or pass the proxy (refused,
+unreachable, its 407) is an `UpstreamConnectError` naming the proxy with its password masked.
 """
 
 from __future__ import annotations
@@ -127,12 +132,15 @@ def make_transport(
     impersonate: str | None = None,
     pool_size: int = 64,
     ca_bundle: str | None = None,
+    proxy: str | None = None,
 ) -> Transport:
     """Build the transport for `base_url`: curl_cffi impersonating `impersonate`, or `requests` if None.
 
     `impersonate` is a resolved target, as `resolve_impersonation` returns it (None means plain
     `requests`, even for perplexity.ai). `pool_size` bounds the idle connections kept (for curl, the
-    idle easy handles). `ca_bundle` is the CA file to trust (default: certifi's bundle).
+    idle easy handles). `ca_bundle` is the CA file to trust (default: certifi's bundle), for an
+    `https://` proxy too. `proxy` (http://, https://, socks5:// or socks5h://, with optional
+    user:password) carries every request, whatever the environment's *_proxy variables say.
     """
     if urlsplit(base_url).scheme not in ("http", "https"):
         raise ConfigurationError(f"base URL must be http(s), got {base_url!r}")
@@ -141,12 +149,12 @@ def make_transport(
     if impersonate is None:
         from .requests_transport import RequestsTransport
 
-        return RequestsTransport(pool_size=pool_size, ca_bundle=ca_bundle)
+        return RequestsTransport(pool_size=pool_size, ca_bundle=ca_bundle, proxy=proxy)
     if not _curl_cffi_available():
         raise ConfigurationError(f"impersonating {impersonate!r} needs the curl_cffi package")
     from .curl_transport import CurlTransport
 
-    return CurlTransport(impersonate=impersonate, pool_size=pool_size, ca_bundle=ca_bundle)
+    return CurlTransport(impersonate=impersonate, pool_size=pool_size, ca_bundle=ca_bundle, proxy=proxy)
 
 
 def _curl_cffi_available() -> bool:

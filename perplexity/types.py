@@ -18,6 +18,7 @@ __all__ = [
     "MediaUpdate",
     "ModeQuota",
     "ModelInfo",
+    "ModelUpdate",
     "RateLimitStatus",
     "ReasoningDelta",
     "RelatedQuestions",
@@ -162,6 +163,17 @@ class ThreadUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelUpdate:
+    """The model Perplexity says is answering (its `display_model`) became known or changed.
+
+    It comes with the first frame (every frame carries it) and again only if it changes; it differs from the
+    model asked for when Perplexity answered with another (a fallback, Best's own pick).
+    """
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """Perplexity reported the run as failed."""
 
@@ -186,7 +198,10 @@ class Completed:
     related_questions: tuple[str, ...] = ()
     title: str | None = None
     thread: ThreadIds | None = None
+    # The model that answered (`display_model`, else the `user_selected_model` echo) and the terminal `mode` echo
+    # (COPILOT, CONCISE, ...), as Perplexity reported them.
     model: str | None = None
+    mode: str | None = None
 
 
 AskEvent = (
@@ -198,6 +213,7 @@ AskEvent = (
     | RelatedQuestions
     | TitleUpdate
     | ThreadUpdate
+    | ModelUpdate
     | Failed
     | Completed
 )
@@ -214,8 +230,9 @@ class AskResult:
     related_questions: tuple[str, ...]
     title: str | None
     thread: ThreadIds | None
-    model: str | None
+    model: str | None  # the model that answered, as Perplexity reported it (see Completed)
     clarifying_questions: tuple[ClarifyingQuestions, ...] = ()
+    mode: str | None = None
 
 
 # ---- account calls -----------------------------------------------------------------------------
@@ -254,6 +271,7 @@ class ModeQuota:
 
     available: bool
     remaining: int | None = None  # None: Perplexity did not say (Pro accounts are effectively unmetered)
+    resets_at: float | None = None  # epoch seconds, when Perplexity says when the quota comes back
 
 
 @dataclass(frozen=True, slots=True)

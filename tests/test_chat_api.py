@@ -173,11 +173,12 @@ def test_bad_input_is_400_with_the_param(sdk, extra, param):
 @pytest.mark.parametrize(
     ("fault", "exception", "status", "code"),
     [
-        (Fault("rate_limit", retry_after=7, times=9), openai.RateLimitError, 429, "rate_limit_exceeded"),
         (Fault("cloudflare", times=9), openai.InternalServerError, 502, "perplexity_blocked"),
         (Fault("auth", times=9), openai.InternalServerError, 503, "perplexity_auth_failed"),
         (Fault("server_error", status=500, times=9), openai.InternalServerError, 502, "upstream_error"),
         (Fault("slow_first_byte", delay=3, times=9), openai.InternalServerError, 504, "upstream_timeout"),
+        # Last: the server's only account then cools down for the Retry-After (asked again only after it).
+        (Fault("rate_limit", retry_after=7, times=9), openai.RateLimitError, 429, "rate_limit_exceeded"),
     ],
 )
 def test_upstream_failures_map_to_sdk_exceptions(fake, no_retry_sdk, fault, exception, status, code):

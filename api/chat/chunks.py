@@ -69,6 +69,10 @@ def chat_chunks(
     With `agent` (tools or structured output) an answer that may be a call is held back by its gate and sent
     once settled: as `tool_calls` deltas, as the JSON output, or as the text it turned out to be.
     Failures are not handled here: `api.steps.answer` runs this body and ends a broken stream.
+
+    Every chunk names one model: the one answering when the first chunk goes out (`CompletionMeta.served`). That
+    chunk waits for Perplexity's first pieces, and every frame names its model, so it is the served one; should
+    Perplexity name another later, the chunks keep the first (a client reads the model from any chunk).
     """
     yield PING  # flushes the headers now; the role chunk waits for sources (LangChain reads the first chunk)
     started = first_token = False
@@ -87,6 +91,7 @@ def chat_chunks(
                 encoder.set_fields(extras(turn, meta, final=False))  # they ride on this and later chunks
             if not started:
                 started = True
+                meta, encoder = _named(meta, encoder, turn, include_usage)
                 out.append(encoder.delta(role))
             if kind == "content":
                 out.append(encoder.content(piece.text))
@@ -104,11 +109,25 @@ def chat_chunks(
         if not agent.gate.released:  # held to the end: the settled answer goes out now
             if not started:
                 started = True
+                meta, encoder = _named(meta, encoder, outcome.turn, include_usage)
                 yield encoder.delta(role)
             yield b"".join(_settled_deltas(outcome, encoder))
             hooks.first_token()
+    if not started:  # nothing was sent yet: the closing chunk is the first
+        meta = meta.served(outcome.turn.model)
     yield _closing(outcome, meta, prompt_text, include_usage, started)
     on_done(outcome)
+
+
+def _named(
+    meta: CompletionMeta, encoder: ChunkEncoder, turn: ChatTurn, include_usage: bool
+) -> tuple[CompletionMeta, ChunkEncoder]:
+    """The meta and encoder of the first chunk on: named after the model answering `turn` (by now Perplexity's
+    frames have said), with the fields the chunks carry so far."""
+    served = meta.served(turn.model)
+    if served is meta:
+        return meta, encoder
+    return served, ChunkEncoder(served, with_usage=include_usage, fields=extras(turn, served, final=False))
 
 
 def _settled(agent: AgentStream, turn: ChatTurn, encoder: ChunkEncoder) -> Generator[bytes, None, AgentOutcome]:

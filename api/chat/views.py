@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, request
@@ -10,7 +11,7 @@ from flask import Blueprint, Response, request
 from schemas import ChatCompletionRequestSchema, ConversationDeletedSchema, ConversationListSchema
 
 from ..core.agent import AgentOutcome, AgentStream, settle
-from ..core.completion import completion
+from ..core.completion import REQUESTED_MODEL_HEADER, ModelNaming, completion
 from ..core.errors import APIError
 from ..core.tools import chat_agent_spec
 from ..core.turn import ChatTurn
@@ -40,7 +41,8 @@ def create_chat_completion() -> Response:
     service = state().service
     agent = chat_agent_spec(body)
     prepared = service.prepare(body, caller(body), anchor=body.get("conversation_id"), agent=agent)
-    meta, turn = completion_meta(prepared, body), ChatTurn(turn_limits(body))
+    naming = ModelNaming(prepared.model.id, prepared.options.model, service.models)  # `model`: what answered
+    meta, turn = replace(completion_meta(prepared, body), naming=naming), ChatTurn(turn_limits(body))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def remember(outcome: AgentOutcome) -> None:
@@ -61,7 +63,7 @@ def create_chat_completion() -> Response:
         body = completion(done, meta, prepared.prompt_text, calls=outcome.calls, content=outcome.json_text)
         return json_response(body, headers)
 
-    headers = {"X-Conversation-ID": prepared.conversation_id}
+    headers = {"X-Conversation-ID": prepared.conversation_id, REQUESTED_MODEL_HEADER: prepared.model.id}
     return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole, headers=headers)
 
 

@@ -22,7 +22,7 @@ from flask import Blueprint, Response
 
 from schemas.completions import CompletionRequestSchema
 
-from ..core.completion import CompletionMeta, extras, usage
+from ..core.completion import REQUESTED_MODEL_HEADER, CompletionMeta, ModelNaming, extras, usage
 from ..core.errors import APIError
 from ..core.service import PreparedAsk
 from ..core.streaming import turn_pieces
@@ -67,7 +67,8 @@ def _object(meta: CompletionMeta, choices: list[dict[str, Any]]) -> dict[str, An
 
 
 def text_completion(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, echo: str) -> dict[str, Any]:
-    """The whole `text_completion` of a finished turn."""
+    """The whole `text_completion` of a finished turn, naming the model that answered it."""
+    meta = meta.served(turn.model)
     body = _object(meta, [_choice(echo + turn.content, turn.finish_reason or "stop")])
     return {**body, "usage": usage(prompt_text, turn), **extras(turn, meta, final=True)}
 
@@ -87,8 +88,13 @@ def text_chunks(
     echo: str,
     include_usage: bool,
 ) -> Iterator[bytes]:
-    """The SSE body: the echoed prompt, text chunks, a finish chunk, an optional usage chunk, then [DONE]."""
+    """The SSE body: the echoed prompt, text chunks, a finish chunk, an optional usage chunk, then [DONE].
+
+    Every chunk names the model of the first one: the echo goes at once, naming the model asked; without it the
+    first chunk waits for Perplexity's first pieces and names the model answering (as chat's stream does).
+    """
     yield encode(_object(meta, [_choice(echo, None)])) if echo else PING  # flushes the headers at once
+    named = bool(echo)
     fields: dict[str, Any] = {}
     first_token = False
     for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
@@ -100,13 +106,15 @@ def text_chunks(
             if piece.kind == "sources":
                 fields = extras(turn, meta, final=False)
             elif piece.kind == "content":
+                if not named:
+                    named, meta = True, meta.served(turn.model)
                 out.append(_chunk(meta, piece.text, fields))
                 if not first_token:
                     first_token = True
                     hooks.first_token()
         if out:
             yield b"".join(out)
-    yield _closing(turn, meta, prompt_text, include_usage)
+    yield _closing(turn, meta if named else meta.served(turn.model), prompt_text, include_usage)
 
 
 def _closing(turn: ChatTurn, meta: CompletionMeta, prompt_text: str, include_usage: bool) -> bytes:
@@ -121,7 +129,8 @@ def create_completion() -> Response:
     """Complete a prompt with Perplexity, streamed or whole."""
     body = _schema.load(json_body())
     prepared, chat = _prepare(body)
-    meta = replace(completion_meta(prepared, chat), id="cmpl-" + secrets.token_hex(12))
+    naming = ModelNaming(prepared.model.id, prepared.options.model, state().models)  # `model`: what answered
+    meta = replace(completion_meta(prepared, chat), id="cmpl-" + secrets.token_hex(12), naming=naming)
     turn = ChatTurn(turn_limits(chat))
     echo = body["prompt"] if body.get("echo") else ""
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -134,4 +143,5 @@ def create_completion() -> Response:
     def whole() -> Response:
         return json_response(text_completion(turn, meta, prepared.prompt_text, echo))
 
-    return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole)
+    headers = {REQUESTED_MODEL_HEADER: prepared.model.id}
+    return answer(prepared, turn, stream=sse if body.get("stream") else None, whole=whole, headers=headers)

@@ -4,26 +4,78 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from perplexity.types import MediaItem, Source
 
+from .modelmap import ModelMap, readable_id
 from .tools import ToolCall
 from .turn import ChatTurn, count_tokens
 
-__all__ = ["CompletionMeta", "chunk", "completion", "extras", "tool_call_object", "usage"]
+__all__ = [
+    "AUTO_MODEL",
+    "REQUESTED_MODEL_HEADER",
+    "CompletionMeta",
+    "ModelNaming",
+    "chunk",
+    "completion",
+    "extras",
+    "tool_call_object",
+    "usage",
+]
+
+# Every answer says which model the request selected; its `model` field says which one answered.
+REQUESTED_MODEL_HEADER = "X-Perplexity-Requested-Model"
+AUTO_MODEL = "perplexity-auto"
+# Perplexity's names for Best, its automatic choice, over the years (protocol doc, section 7): reported as the
+# answering model they name no model in particular, so they read as perplexity-auto.
+_AUTO_UPSTREAM = frozenset({"turbo", "default", "pplx_pro", "pplx_pro_upgraded", "pplx_reasoning"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelNaming:
+    """Which public id a response names, from the upstream model Perplexity reports as answering (`display_model`).
+
+    `named` is the public id the request selected, `asked` the upstream id sent for it. While Perplexity reports
+    the model asked (or nothing), the response names `named`, aliases included. When it reports another, that one
+    answered (a fallback, or Best's own pick on perplexity-auto), and the response names it by its public id: the
+    catalogue's, else the readable form of the upstream id (`claude48opus` -> `claude-4.8-opus`); any of Best's
+    own names reads as perplexity-auto.
+    """
+
+    named: str
+    asked: str
+    models: ModelMap = field(compare=False, repr=False)
+
+    def name(self, reported: str | None) -> str:
+        """The public id to name for `reported` (None: Perplexity has not said)."""
+        if not reported or reported == self.asked:
+            return self.named
+        auto = self.models.resolve(AUTO_MODEL)
+        if reported in _AUTO_UPSTREAM or (auto is not None and reported == auto.upstream):
+            return AUTO_MODEL
+        found = self.models.resolve(reported)
+        return found.id if found is not None else readable_id(reported)
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionMeta:
-    """Identity of one completion, shared by all its chunks."""
+    """Identity of one completion, shared by all its chunks; `naming` renames it after the model that answered."""
 
     model: str
     id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
     want_related: bool = False
     want_images: bool = False
+    naming: ModelNaming | None = field(default=None, compare=False, repr=False)
+
+    def served(self, reported: str | None) -> CompletionMeta:
+        """This completion naming the model Perplexity reports as answering (`ModelNaming`); itself without one."""
+        if self.naming is None:
+            return self
+        model = self.naming.name(reported)
+        return self if model == self.model else replace(self, model=model)
 
 
 def search_results(sources: tuple[Source, ...]) -> list[dict[str, Any]]:
@@ -97,7 +149,8 @@ def completion(
     content: str | None = None,
 ) -> dict[str, Any]:
     """The `chat.completion` object of a finished turn; `calls` (tool calls) or `content` (JSON output) replace
-    its text when an agent turn read it so (`core.agent`)."""
+    its text when an agent turn read it so (`core.agent`). It names the model that answered the turn."""
+    meta = meta.served(turn.model)
     message: dict[str, Any] = {
         "role": "assistant",
         "content": None if calls else turn.content if content is None else content,

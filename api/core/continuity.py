@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from perplexity.types import ThreadIds
 
@@ -103,13 +103,14 @@ class Continuity:
         return Placement(caller, new_conversation_id())
 
     def restart(self, placement: Placement) -> None:
-        """Rule 3: the thread is gone upstream; the turn starts a new one under the same conversation id."""
-        log.info("conversation %s: its thread is gone; starting a new one", placement.conversation_id)
+        """Rule 3: the thread cannot go on (gone upstream, or its account set aside); the turn starts a new one
+        under the same conversation id."""
+        log.info("conversation %s: its thread cannot go on; starting a new one", placement.conversation_id)
         placement.conversation = None
 
     def remember(
         self, placement: Placement, turns: list[tuple[str, str]], model: str, thread: ThreadIds | None, answer: str,
-        title: str | None,
+        title: str | None, account: str | None = None,
     ) -> None:  # fmt: skip
         """Rule 4: save the thread under the digest of the history the client will send next (`turns` + answer)."""
         if thread is None:
@@ -117,11 +118,11 @@ class Continuity:
         title = title[:_MAX_TITLE] if title else title
         key = history_key(placement.caller, [*turns, ("assistant", answer)])
         if placement.conversation is not None:
-            conversation = placement.conversation.advanced(thread, key, title)
+            conversation = replace(placement.conversation.advanced(thread, key, title), account=account)
         else:
             now = time.time()
             conversation = Conversation(
-                placement.conversation_id, placement.caller, thread, model, now, now, 1, title, (key,)
+                placement.conversation_id, placement.caller, thread, model, now, now, 1, title, (key,), account
             )
         try:
             self.conversations.save(conversation)

@@ -11,6 +11,7 @@ from perplexity.types import (
     Completed,
     MediaItem,
     MediaUpdate,
+    ModelUpdate,
     ReasoningDelta,
     RelatedQuestions,
     Source,
@@ -67,6 +68,7 @@ class ChatTurn:
         self.related: tuple[str, ...] = ()
         self.title: str | None = None
         self.thread: ThreadIds | None = None
+        self.model: str | None = None  # the upstream model Perplexity says answers (from its first frame on)
         self.completed: Completed | None = None
         self.finish_reason: str | None = None
 
@@ -109,6 +111,8 @@ class ChatTurn:
             return [Piece("sources")]
         if isinstance(event, ThreadUpdate):
             self.thread = event.thread
+        elif isinstance(event, ModelUpdate):
+            self.model = event.model
         elif isinstance(event, MediaUpdate):
             self.media = event.items
         elif isinstance(event, RelatedQuestions):
@@ -130,6 +134,7 @@ class ChatTurn:
     def _complete(self, event: Completed) -> list[Piece]:
         self.completed = event
         self.thread = event.thread or self.thread
+        self.model = event.model or self.model
         self.title = event.title or self.title
         self.related = event.related_questions or self.related
         self.media = event.media or self.media

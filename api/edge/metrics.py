@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -41,6 +43,33 @@ class Metrics:
         self.rate_limited = Counter(
             "pplx_rate_limited_requests", "Requests refused by quotas", ["reason"], registry=self.registry
         )
+
+        self.account_state = Gauge(
+            "pplx_account_state",
+            "1 for each account's current state (ready, cooling, blocked, expired)",
+            ["account", "state"],
+            registry=self.registry,
+        )
+        self.account_quota = Gauge(
+            "pplx_account_quota_remaining",
+            "Uses left per account and mode, as Perplexity last reported them (absent when unmetered)",
+            ["account", "mode"],
+            registry=self.registry,
+        )
+        self.account_alerts = Counter(
+            "pplx_account_alerts", "Account state changes alerted on", ["account", "state"], registry=self.registry
+        )
+
+    def set_accounts(self, accounts: list[dict[str, Any]]) -> None:
+        """Refresh the account gauges from the accounts' public views (`Account.public`)."""
+        self.account_state.clear()
+        self.account_quota.clear()
+        for account in accounts:
+            for state in ("ready", "cooling", "blocked", "expired"):
+                self.account_state.labels(account["label"], state).set(1 if account["state"] == state else 0)
+            for mode, quota in (account.get("quota") or {}).items():
+                if quota.get("remaining") is not None:
+                    self.account_quota.labels(account["label"], mode).set(quota["remaining"])
 
     def render(self) -> bytes:
         """The text exposition format."""

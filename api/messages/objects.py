@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from ..core.agent import AgentOutcome
+from ..core.completion import ModelNaming
 from ..core.completion import usage as chat_usage
 from ..core.tools import ToolCall
 from ..core.turn import ChatTurn, count_tokens
@@ -39,9 +40,10 @@ def new_id(prefix: str) -> str:
 class MessageMeta:
     """Identity of one message and what the request asked to be shown.
 
-    `model` is the model that served it (the response names it); `thinking` says whether thinking blocks are
-    returned (`thinking_text` False: "omitted" display, signature only); `search_query` is set when the request
-    offered the web search server tool, whose call and results are then reported as blocks.
+    `model` is the model that serves it as asked (the response names it; `naming` renames a finished message
+    after the model Perplexity says answered); `thinking` says whether thinking blocks are returned
+    (`thinking_text` False: "omitted" display, signature only); `search_query` is set when the request offered
+    the web search server tool, whose call and results are then reported as blocks.
     """
 
     model: str
@@ -49,6 +51,11 @@ class MessageMeta:
     thinking_text: bool = True
     search_query: str | None = None
     id: str = field(default_factory=lambda: new_id("msg"))
+    naming: ModelNaming | None = field(default=None, compare=False, repr=False)
+
+    def served(self, reported: str | None) -> str:
+        """The model a finished message names: the one Perplexity reports as answering (see `ModelNaming`)."""
+        return self.naming.name(reported) if self.naming is not None else self.model
 
 
 def thinking_signature(text: str) -> str:
@@ -162,7 +169,7 @@ def message_object(meta: MessageMeta, outcome: AgentOutcome, prompt_text: str) -
         "id": meta.id,
         "type": "message",
         "role": "assistant",
-        "model": meta.model,
+        "model": meta.served(turn.model),
         "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,

@@ -16,6 +16,7 @@ from schemas.anthropic import CountTokensRequestSchema, MessagesRequestSchema
 
 from ..config import parse_model_map
 from ..core.agent import AgentOutcome, AgentStream, settle
+from ..core.completion import REQUESTED_MODEL_HEADER, ModelNaming
 from ..core.errors import APIError
 from ..core.messages import locate_error, read_messages
 from ..core.modelmap import PublicModel
@@ -72,7 +73,8 @@ def _meta(server: ServerState, body: dict[str, Any], prepared: PreparedAsk) -> M
     if any(is_web_search(tool) for tool in body.get("tools") or ()) and not body.get("disable_search"):
         last = prepared.transcript.turns[-1][1] if prepared.transcript.turns else ""
         search = last if len(last) <= _MAX_QUERY else last[:_MAX_QUERY] + "…"
-    return MessageMeta(served.id, thinking, display != "omitted", search)
+    naming = ModelNaming(served.id, prepared.options.model, server.models)  # a finished message names what answered
+    return MessageMeta(served.id, thinking, display != "omitted", search, naming=naming)
 
 
 @bp.post("/v1/messages")
@@ -83,7 +85,7 @@ def create_message() -> Response:
     agent = anthropic_agent_spec(body)
     prepared, chat = _prepare(server, body, agent)
     meta = _meta(server, body, prepared)
-    headers = {"X-Conversation-ID": prepared.conversation_id}
+    headers = {"X-Conversation-ID": prepared.conversation_id, REQUESTED_MODEL_HEADER: meta.model}
     if body["max_tokens"] <= _PROBE_TOKENS:
         return _probe(meta, prepared, stream=bool(body.get("stream")), headers=headers)
     turn = ChatTurn(turn_limits(chat))

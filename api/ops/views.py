@@ -27,8 +27,12 @@ def ready() -> Response:
     server = state()
     reasons = ["draining: the server is shutting down"] if lifecycle.draining() else []
     reasons += server.store_problems()
-    if not server.config.get("PERPLEXITY_SESSION_TOKEN"):
-        reasons.append("PERPLEXITY_SESSION_TOKEN is not set")
+    now = time.time()
+    accounts = server.pool.accounts
+    if not accounts:
+        reasons.append("no Perplexity account: set PERPLEXITY_SESSION_TOKEN (or _TOKENS, or ACCOUNTS_FILE)")
+    elif not any(account.usable(now) for account in accounts):
+        reasons.append("no Perplexity account is usable now (see accounts)")
     else:
         info, error = server.session(max_age=float(server.config["SESSION_CHECK_SECONDS"]))
         if error:
@@ -37,7 +41,8 @@ def ready() -> Response:
             server.refresh_models()
         if not server.models_source.startswith("upstream"):
             reasons.append(f"model catalogue not loaded ({server.models_error or 'not yet fetched'})")
-    body = {"status": "not_ready" if reasons else "ready", "models": server.models_source}
+    body: dict[str, object] = {"status": "not_ready" if reasons else "ready", "models": server.models_source}
+    body["accounts"] = [account.public(now) for account in accounts]
     if reasons:
         body["reasons"] = reasons
     return json_response(body, status=503 if reasons else 200)
@@ -60,7 +65,8 @@ def stats() -> Response:
                 "error": server.models_error,
             },
             "upstream_errors": dict(server.upstream_errors),
-            "transport": server.client.transport.name if server.config.get("PERPLEXITY_SESSION_TOKEN") else None,
+            "transport": server.client.transport.name if server.pool.accounts else None,
+            "accounts": [account.public(time.time()) for account in server.pool.accounts],
         }
     )
 
@@ -68,4 +74,18 @@ def stats() -> Response:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format."""
-    return Response(state().metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+    server = state()
+    server.metrics.set_accounts([account.public(time.time()) for account in server.pool.accounts])
+    return Response(server.metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get("/v1/quota")
+def quota() -> Response:
+    """Each account's state and quota, as Perplexity reports it (refreshed when older than
+    QUOTA_REFRESH_SECONDS); labels only, never a token."""
+    server = state()
+    max_age = float(server.config["QUOTA_REFRESH_SECONDS"])
+    for account in server.pool.accounts:
+        server.pool.refresh_quota(account, max_age)
+    data = [account.public(time.time()) for account in server.pool.accounts]
+    return json_response({"object": "list", "data": data})

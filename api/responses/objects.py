@@ -210,7 +210,12 @@ def response_object(
     usage: dict[str, Any] | None = None,
     error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The `response` object; Perplexity's citations and search results ride along as extra top-level fields."""
+    """The `response` object; Perplexity's citations and search results ride along as extra top-level fields.
+
+    With the turn it names the model that answered it (`CompletionMeta.served`); the in-progress snapshots of a
+    stream, sent before Perplexity's first frame, name the one the request selected.
+    """
+    named = meta.completion.served(turn.model) if turn is not None else meta.completion
     body: dict[str, Any] = {
         "id": meta.id,
         "object": "response",
@@ -220,7 +225,7 @@ def response_object(
         "completed_at": int(time.time()) if status == "completed" else None,
         "error": error,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "model": meta.completion.model,
+        "model": named.model,
         "output": output,
         "service_tier": "default",
         **meta.echo,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
@@ -11,6 +12,7 @@ from flask import Blueprint, Response, request
 from schemas.responses import WEB_SEARCH_TOOLS, CreateResponseRequestSchema
 
 from ..core.agent import AgentOutcome, AgentStream, settle
+from ..core.completion import REQUESTED_MODEL_HEADER, ModelNaming
 from ..core.errors import APIError
 from ..core.messages import locate_error
 from ..core.service import PreparedAsk
@@ -101,7 +103,9 @@ def create_response() -> Response:
     server = state()
     agent = responses_agent_spec(body)
     prepared, chat = _prepare(server, body, agent)
-    meta = ResponseMeta(completion_meta(prepared, chat), echo_fields(body), _search_query(body, prepared))
+    naming = ModelNaming(prepared.model.id, prepared.options.model, server.models)  # `model`: what answered
+    completion = replace(completion_meta(prepared, chat), naming=naming)
+    meta = ResponseMeta(completion, echo_fields(body), _search_query(body, prepared))
     turn = ChatTurn(turn_limits(chat))
     items, who = stored_items(body["input"]), _owner(body)
 
@@ -134,7 +138,7 @@ def create_response() -> Response:
         done(outcome, response)
         return json_response(response, headers)
 
-    headers = {"X-Conversation-ID": prepared.conversation_id}
+    headers = {"X-Conversation-ID": prepared.conversation_id, REQUESTED_MODEL_HEADER: prepared.model.id}
     stream = sse if body.get("stream") else None
     return answer(prepared, turn, stream=stream, whole=whole, fail=failed, headers=headers)
 

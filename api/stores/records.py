@@ -40,6 +40,8 @@ class Conversation:
     turns: int = 1
     title: str | None = None
     history_keys: tuple[str, ...] = field(default=(), repr=False)
+    # The label of the account whose thread this is: follow-ups must go to it (its ids are that account's).
+    account: str | None = None
 
     def public(self) -> dict[str, Any]:
         """What the caller may see (never the thread token)."""
