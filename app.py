@@ -117,6 +117,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not tokens:
         log.warning("no Perplexity account (PERPLEXITY_SESSION_TOKEN, ..._TOKENS or ACCOUNTS_FILE): /v1 requests fail")
     server = init_state(app)
+    server.pool  # noqa: B018 - built now (no I/O): its upkeep (file reloads, keep-alive) runs from the start
     _install_hooks(app, server, keys)
     quotas.init_app(app, server.metrics)
     register_errors(app)
