@@ -235,3 +235,48 @@ def test_each_state_change_is_alerted_once_to_the_webhook() -> None:
     # Two changes, so two alerts; the first POST to arrive got a 500 and was sent again.
     assert sorted(set(events)) == [("a", "cooling", "expired"), ("a", "ready", "cooling")] and len(events) == 3
     assert all("tok-" not in json.dumps(e) for e in received)
+
+
+def test_two_pools_share_states_and_open_asks_through_redis() -> None:
+    """Two workers' pools on one Redis: a cooldown one sets is the other's within a sync, open asks are counted
+    across both, and a new token starts clean."""
+    import secrets
+
+    import redis
+
+    from api.stores.accounts import SharedAccounts
+    from api.stores.streams import StreamLeases
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"pplx-test-{secrets.token_hex(4)}:"
+    clock = Clock()
+
+    def pool() -> AccountPool:
+        shared = SharedAccounts(client, StreamLeases(client, 30, prefix=prefix), prefix=prefix)
+        made = AccountPool([AccountSpec("a", "tok-a"), AccountSpec("b", "tok-b")], stub_client, clock, shared=shared)
+        return made
+
+    one, two = pool(), pool()
+    try:
+        one.failed(one.get("a"), RateLimitError("429", status_code=429, retry_after=120))
+        clock.now += 2  # past the sync interval
+        assert two.pick().label == "b" and two.get("a").state == "cooling"
+        done = [one.opened(one.get("b")) for _ in range(3)]  # worker one holds three asks on b
+        clock.now += 200  # a's cooldown is over: now "least busy" decides, across both workers
+        assert two.pick().label == "a"
+        for close in done:
+            close()
+        two.reload([AccountSpec("a", "tok-a-new"), AccountSpec("b", "tok-b")])
+        one.failed(one.get("b"), RateLimitError("429", status_code=429, retry_after=120))
+        clock.now += 2
+        assert two.get("a").state == "ready"  # a new token: the shared state of the old one does not apply
+    finally:
+        for made in (one, two):
+            made._shared.close()
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()

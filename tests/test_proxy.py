@@ -365,3 +365,27 @@ def test_a_live_server_behind_a_dead_proxy_fails_without_showing_the_password(fa
             sdk.chat.completions.create(model="perplexity-auto", messages=[{"role": "user", "content": "q"}])
     assert caught.value.status_code >= 500 and PASSWORD not in caught.value.response.text
     assert fake.asks == [] and PASSWORD not in server.log()
+
+
+def test_an_accounts_own_proxy_carries_its_asks_only(fake, proxy, live_server_factory, tmp_path):
+    """An accounts-file line's third field is that account's proxy; the other account goes direct."""
+    from .conftest import TOKEN
+
+    other = "acct-token-direct-0123456789"
+    fake.add_account(other, label="direct")
+    path = tmp_path / "accounts"
+    path.write_text(f"proxied {TOKEN} {proxy.url('socks5h')}\ndirect {other}\n")
+    server = live_server_factory(PERPLEXITY_ACCOUNTS_FILE=str(path), PERPLEXITY_IMPERSONATE="chrome")
+    served = set()
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=20) as sdk:
+        for n in range(6):
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="perplexity-auto", messages=[{"role": "user", "content": f"Question {n}?"}]
+            )
+            served.add(raw.headers["x-perplexity-account"])
+    assert served == {"proxied", "direct"}  # equal accounts take turns
+    # The proxy relayed the proxied account's connection(s) (kept alive between its asks); the other account's
+    # asks reached the fake directly: it saw both, the proxy only one kind.
+    assert f"socks5 {target(fake)}" in proxy.relayed()
+    assert {ask.account for ask in fake.asks} == {"default", "direct"}
+    assert PASSWORD not in server.log()
