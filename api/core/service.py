@@ -187,17 +187,16 @@ class ChatService:
         refresh.start()
 
     def _account_for(self, prepared: PreparedAsk, tried: set[str]) -> Account | None:
+        """The account for this attempt: a follow-up's own while it can answer, else the pool's pick (a follow-up
+        whose account cannot answer first becomes a new thread: a thread cannot move)."""
         if prepared.is_follow_up:
             conversation = prepared.placement.conversation
-            pinned = self.pool.get(conversation.account) if conversation is not None else None
+            label = conversation.account if conversation is not None else None
+            # A thread remembered before accounts had labels belongs to the first account.
+            pinned = self.pool.get(label) if label else (None if tried else self.pool.first())
             if pinned is not None and pinned.label not in tried and pinned.usable(time.time()):
                 return pinned
-            if pinned is not None or (conversation is not None and conversation.account is not None):
-                self._restart(prepared)  # its account is gone or set aside: the thread cannot move
-            elif tried:
-                self._restart(prepared)
-            else:
-                return self.pool.first()  # a thread remembered before accounts were named
+            self._restart(prepared)
         return self.pool.pick(exclude=tried, mode=_QUOTA_MODES.get(prepared.model.mode))
 
     def _ask(self, client: PerplexityClient, prepared: PreparedAsk) -> AskStream:
