@@ -9,7 +9,7 @@ import pytest
 
 from api.core.accounts import AccountPool, AccountSpec, account_specs, parse_accounts
 from perplexity.errors import AuthenticationError, CloudflareChallengeError, RateLimitError
-from perplexity.types import SessionInfo
+from perplexity.types import ModeQuota, RateLimitStatus, SessionInfo
 
 
 def test_accounts_file_lines() -> None:
@@ -67,16 +67,21 @@ def make_pool(*labels: str) -> tuple[AccountPool, Clock]:
     return pool, clock
 
 
+def pro_left(remaining: int | None) -> RateLimitStatus:
+    """A rate-limit status with `remaining` Pro searches (None: not metered)."""
+    return RateLimitStatus({"pro_search": ModeQuota(remaining is None or remaining > 0, remaining)})
+
+
 def test_the_pick_prefers_the_least_busy_then_the_most_quota_then_takes_turns() -> None:
     pool, _ = make_pool("a", "b", "c")
     a, b, c = pool.accounts
     a.client.open_streams, b.client.open_streams, c.client.open_streams = 2, 0, 0
-    b.pro_remaining, c.pro_remaining = 3, 50
+    b.quota, c.quota = pro_left(3), pro_left(50)
     assert pool.pick().label == "c"
     c.client.open_streams = 1
     assert pool.pick().label == "b"
     b.client.open_streams = c.client.open_streams = 0
-    b.pro_remaining = c.pro_remaining = None
+    b.quota = c.quota = pro_left(None)
     assert {pool.pick().label for _ in range(4)} == {"b", "c"}  # equal: they take turns
     assert pool.pick(exclude={"b", "c"}).label == "a"
 

@@ -145,12 +145,6 @@ class Account:
         mode = self.quota.modes.get("pro_search") if self.quota is not None else None
         return mode.remaining if mode is not None else None
 
-    @pro_remaining.setter
-    def pro_remaining(self, value: int | None) -> None:  # tests and the fake's figures
-        modes = dict(self.quota.modes) if self.quota is not None else {}
-        modes["pro_search"] = ModeQuota(value is None or value > 0, value)
-        self.quota = RateLimitStatus(modes)
-
     def out_of(self, mode: str) -> ModeQuota | None:
         """The mode's quota when Perplexity says it is used up (None: available, or not known)."""
         quota = self.quota.modes.get(mode) if self.quota is not None else None
