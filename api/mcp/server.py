@@ -1,0 +1,324 @@
+"""MCP tools over the official SDK's MCPServer: stdio for desktop clients, streamable HTTP behind the API keys."""
+
+# No `from __future__ import annotations`: the SDK evaluates the tools' annotations, which name locals (the model
+# list in a description) that a string annotation could not resolve.
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from flask import Flask
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from ..edge.auth import configured_keys
+from .core import RESEARCH_MODEL, SEARCH_MODEL, AskOutcome, PerplexityTools, ToolFailure, clarifying_text
+
+__all__ = ["build_server", "run"]
+
+SourceName = Literal["web", "academic", "social", "finance"]
+Recency = Literal["hour", "day", "week", "month", "year"]
+CitationMode = Literal["default", "markdown", "clean"]
+
+_STDIO_CALLER = "mcp:stdio"
+
+
+class SourceItem(BaseModel):
+    """One web result the answer used; `[n]` in the answer is the n-th (1-based)."""
+
+    title: str
+    url: str
+    snippet: str = ""
+
+
+class AskResult(BaseModel):
+    """An answer with its sources and the thread to continue."""
+
+    answer: str = Field(description="The answer text, with citation markers as `citation_mode` asked.")
+    model: str = Field(description="The public model id that was asked.")
+    thread: str = Field(description="The conversation id: pass it as `thread` to ask a follow-up on this thread.")
+    continued: bool = Field(description="True when this call continued an earlier thread as a follow-up.")
+    sources: list[SourceItem] = Field(description="The sources, in citation order ([1] is the first).")
+
+
+class ResearchResult(AskResult):
+    """A Deep Research report, plus any clarifying questions Perplexity asked on the way."""
+
+    clarifying_questions: list[str] = Field(
+        default_factory=list, description="Questions Perplexity asked to narrow the research (it went on without)."
+    )
+
+
+class SearchResult(BaseModel):
+    """The sources a fast Perplexity search found."""
+
+    query: str
+    sources: list[SourceItem]
+
+
+class QuotaResult(BaseModel):
+    """Each account's state and quota, as GET /v1/quota shows them (labels only, never a token)."""
+
+    accounts: list[dict[str, Any]]
+
+
+def _sources_text(sources: list[dict[str, str]]) -> str:
+    return "\n".join(f"[{n}] {s['title'] or s['url']} - {s['url']}" for n, s in enumerate(sources, 1))
+
+
+def _ask_text(outcome: AskOutcome) -> str:
+    parts = [outcome.answer]
+    if outcome.sources:
+        parts.append("Sources:\n" + _sources_text(outcome.sources))
+    parts.append(f"(thread: {outcome.thread})")
+    return "\n\n".join(parts)
+
+
+def _error(message: str) -> CallToolResult:
+    """A tool error (isError) carrying the HTTP API's message as is (a ToolError would prefix it)."""
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def _caller(ctx: Context) -> str:
+    """Who asks: over HTTP the API key, as the HTTP API names it (so conversations are scoped alike); stdio's one
+    local user otherwise."""
+    request = getattr(ctx.request_context, "request", None)
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return _STDIO_CALLER
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+    client = getattr(request, "client", None)
+    return "ip:" + (client.host if client else "unknown")
+
+
+def _progress_sender(ctx: Context) -> Callable[[float, str], None]:
+    """A progress callback for the worker thread: each report is sent on the event loop (a no-op without a
+    progress token)."""
+
+    def send(progress: float, message: str) -> None:
+        anyio.from_thread.run(ctx.report_progress, progress, None, message)
+
+    return send
+
+
+def build_server(app: Flask) -> MCPServer:
+    """The MCP server whose tools run on `app`'s accounts, models, conversation store and settings."""
+    tools = PerplexityTools(app)
+    models = ", ".join(tools.model_ids())
+    server = MCPServer(
+        "perplexity",
+        instructions=(
+            "Perplexity's search-grounded answers. perplexity_ask answers a question with sources (pass the returned "
+            "thread to ask a follow-up); perplexity_search returns only sources; perplexity_research runs Deep "
+            "Research (minutes); perplexity_quota shows the accounts' remaining quota."
+        ),
+    )
+
+    async def blocking(work: Callable[[], Any]) -> Any:
+        # The core is blocking (HTTP to Perplexity): it runs in a worker thread, the event loop stays free.
+        return await anyio.to_thread.run_sync(work)
+
+    @server.tool(
+        title="Ask Perplexity",
+        description=(
+            "Ask Perplexity a question and get a search-grounded answer with numbered citations and its sources "
+            "(title, url, snippet). Returns a `thread` id: pass it back as `thread` to ask a follow-up in the same "
+            "conversation."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
+    )
+    async def perplexity_ask(
+        query: Annotated[str, Field(description="The question, in natural language.", min_length=1)],
+        ctx: Context,
+        model: Annotated[
+            str | None, Field(description=f"A public model id (GET /v1/models); default: the server's. Now: {models}.")
+        ] = None,
+        sources: Annotated[
+            list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
+        ] = None,
+        recency: Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")] = None,
+        citation_mode: Annotated[
+            CitationMode,
+            Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them."),
+        ] = "default",
+        thread: Annotated[
+            str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
+        ] = None,
+    ) -> AskResult:
+        caller = _caller(ctx)
+        try:
+            outcome = await blocking(
+                lambda: tools.ask(
+                    caller,
+                    query,
+                    model=model,
+                    sources=sources,
+                    recency=recency,
+                    citation_mode=citation_mode,
+                    thread=thread,
+                )  # fmt: skip
+            )
+        except ToolFailure as exc:
+            return _error(exc.message)  # type: ignore[return-value]
+        structured = AskResult(
+            answer=outcome.answer, model=outcome.model, thread=outcome.thread, continued=outcome.continued,
+            sources=[SourceItem(**s) for s in outcome.sources],
+        )  # fmt: skip
+        return CallToolResult(  # type: ignore[return-value]
+            content=[TextContent(type="text", text=_ask_text(outcome))],
+            structured_content=structured.model_dump(mode="json"),
+        )
+
+    @server.tool(
+        title="Search with Perplexity",
+        description=(
+            f"Search the web with Perplexity and return only the sources found (title, url, snippet), no written "
+            f"answer; a fast ask ({SEARCH_MODEL})."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
+    )
+    async def perplexity_search(
+        query: Annotated[str, Field(description="What to search for.", min_length=1)],
+        ctx: Context,
+        sources: Annotated[
+            list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
+        ] = None,
+        recency: Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")] = None,
+    ) -> SearchResult:
+        caller = _caller(ctx)
+        try:
+            outcome = await blocking(
+                lambda: tools.ask(caller, query, model=SEARCH_MODEL, sources=sources, recency=recency, fast=True)
+            )
+        except ToolFailure as exc:
+            return _error(exc.message)  # type: ignore[return-value]
+        structured = SearchResult(query=query, sources=[SourceItem(**s) for s in outcome.sources])
+        text = _sources_text(outcome.sources) or "Perplexity found no sources."
+        return CallToolResult(  # type: ignore[return-value]
+            content=[TextContent(type="text", text=text)], structured_content=structured.model_dump(mode="json")
+        )
+
+    @server.tool(
+        title="Perplexity Deep Research",
+        description=(
+            f"Run Perplexity Deep Research ({RESEARCH_MODEL}): many searches and a long cited report; takes minutes. "
+            "Sends progress notifications when the call has a progress token. Clarifying questions Perplexity asks "
+            "are returned with the report (the research goes on without answers; refine the query to use them)."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
+    )
+    async def perplexity_research(
+        query: Annotated[str, Field(description="The research question or brief.", min_length=1)],
+        ctx: Context,
+        sources: Annotated[
+            list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
+        ] = None,
+        citation_mode: Annotated[
+            CitationMode,
+            Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them."),
+        ] = "default",
+        thread: Annotated[
+            str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
+        ] = None,
+    ) -> ResearchResult:
+        caller, progress = _caller(ctx), _progress_sender(ctx)
+        try:
+            outcome = await blocking(
+                lambda: tools.ask(
+                    caller,
+                    query,
+                    model=RESEARCH_MODEL,
+                    sources=sources,
+                    citation_mode=citation_mode,
+                    thread=thread,
+                    progress=progress,
+                )  # fmt: skip
+            )
+        except ToolFailure as exc:
+            return _error(exc.message)  # type: ignore[return-value]
+        questions = [q.question for block in outcome.clarifying for q in block.questions]
+        structured = ResearchResult(
+            answer=outcome.answer, model=outcome.model, thread=outcome.thread, continued=outcome.continued,
+            sources=[SourceItem(**s) for s in outcome.sources], clarifying_questions=questions,
+        )  # fmt: skip
+        text = _ask_text(outcome)
+        if outcome.clarifying:
+            text = clarifying_text(outcome.clarifying) + "\n\n" + text
+        return CallToolResult(  # type: ignore[return-value]
+            content=[TextContent(type="text", text=text)], structured_content=structured.model_dump(mode="json")
+        )
+
+    @server.tool(
+        title="Perplexity quota",
+        description=(
+            "Each configured Perplexity account's state (ok, cooling, blocked, expired...) and remaining quota per "
+            "mode (pro_search, research, labs), as GET /v1/quota shows them; labels only, never a token."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
+    async def perplexity_quota() -> QuotaResult:
+        try:
+            accounts = await blocking(tools.quota)
+        except ToolFailure as exc:
+            return _error(exc.message)  # type: ignore[return-value]
+        return CallToolResult(  # type: ignore[return-value]
+            content=[TextContent(type="text", text=json.dumps({"accounts": accounts}, indent=2))],
+            structured_content={"accounts": accounts},
+        )
+
+    return server
+
+
+class BearerAuth:
+    """ASGI middleware: the HTTP API's keys (OPENAI_API_KEY / API_KEYS) as Bearer tokens; open when none is set."""
+
+    def __init__(self, app: Any, keys: tuple[bytes, ...]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.keys:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        offered = token.strip().encode() if scheme.lower() == "bearer" else b""
+        matched = False
+        for key in self.keys:  # every key compared, so the time taken does not tell which one matched
+            matched = hmac.compare_digest(offered, key) or matched
+        if matched:
+            await self.app(scope, receive, send)
+            return
+        # The same messages and error object as the HTTP API's 401.
+        message = "Incorrect API key provided." if offered else "Missing API key: send 'Authorization: Bearer <key>'."
+        body = json.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def run(app: Flask, *, http: bool = False, host: str = "127.0.0.1", port: int = 8001) -> None:
+    """Serve the tools: over stdio, or streamable HTTP at http://host:port/mcp behind the API keys."""
+    server = build_server(app)
+    if not http:
+        server.run("stdio")
+        return
+    import uvicorn  # the SDK's own HTTP server dependency
+
+    asgi = BearerAuth(server.streamable_http_app(host=host), configured_keys(app.config))
+    uvicorn.run(asgi, host=host, port=port, log_level=str(app.config.get("LOG_LEVEL") or "info").lower())
