@@ -275,6 +275,7 @@ SETTINGS: tuple[Setting, ...] = (
         "QUOTA_RETRY_AFTER", 3600, int, "Retry-After (seconds) of a quota_exhausted 429 when Perplexity names no reset",
         minimum=1,
     ),
+    Setting("PERPLEXITY_LANGUAGE", "en-US", str, "Ask language (a request's language_preference overrides)"),
     Setting("LOG_LEVEL", "INFO", str, "Python log level", check=_log_level),
 )  # fmt: skip
 

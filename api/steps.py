@@ -26,6 +26,7 @@ from .core.accounts import FAILOVER_ERRORS
 from .core.completion import CompletionMeta
 from .core.errors import APIError
 from .core.service import PreparedAsk
+from .core.sonar import APPROXIMATED_HEADER, source_filter
 from .core.streaming import ClientGone, read_whole
 from .core.turn import ChatTurn, TurnLimits
 from .edge.quotas import check_stream_cap, refuse_stream
@@ -76,7 +77,7 @@ def turn_limits(body: dict[str, Any]) -> TurnLimits:
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     mode = body.get("citation_mode") or current_app.config["DEFAULT_CITATION_MODE"]
-    return TurnLimits(citation_mode=mode, stops=stops, max_tokens=max_tokens)
+    return TurnLimits(citation_mode=mode, stops=stops, max_tokens=max_tokens, sources=source_filter(body))
 
 
 def completion_meta(prepared: PreparedAsk, body: dict[str, Any]) -> CompletionMeta:
@@ -267,6 +268,8 @@ def answer(
             slot.release()
         raise
     headers = {**(headers or {}), **_continuity_header(prepared)}
+    if prepared.approximated:
+        headers[APPROXIMATED_HEADER] = ", ".join(prepared.approximated)
     headers.update(_account_headers(server, prepared))
     try:
         if stream is not None and slot is not None:

@@ -74,6 +74,7 @@ class UsageSchema(ResponseSchema):
     prompt_tokens = fields.Integer(required=True, strict=True)
     completion_tokens = fields.Integer(required=True, strict=True)
     total_tokens = fields.Integer(required=True, strict=True)
+    num_search_queries = fields.Integer(required=True, strict=True)  # Perplexity's: the plan's web searches
     prompt_tokens_details = fields.Nested(PromptTokensDetailsSchema, required=True)
     completion_tokens_details = fields.Nested(CompletionTokensDetailsSchema, required=True)
 

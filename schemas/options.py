@@ -50,10 +50,16 @@ class PerplexityOptionsSchema(RequestPartSchema):
 
     web_search_options = nested(WebSearchOptionsSchema)
     # Perplexity's official API names (docs.perplexity.ai; perplexity-py completion_create_params.py).
-    search_mode = choice("web", "academic", "sec")
+    search_mode = choice("web", "academic", "sec", "social")
     search_recency_filter = choice("hour", "day", "week", "month", "year")
     search_domain_filter = array(string(allow_none=False))
     search_language_filter = array(string(allow_none=False))
+    # Perplexity writes these dates "%m/%d/%Y"; `core.sonar` reads them (and ISO dates), a 400 for anything else.
+    search_after_date_filter = string()
+    search_before_date_filter = string()
+    last_updated_after_filter = string()
+    last_updated_before_filter = string()
+    language_preference = string()
     return_related_questions = boolean()
     return_images = boolean()
     disable_search = boolean()

@@ -224,7 +224,7 @@ def test_n_above_one_points_at_n_and_says_only_one_is_supported():
         (
             {"search_mode": "news"},
             "search_mode",
-            "Invalid value for 'search_mode': must be one of: web, academic, sec.",
+            "Invalid value for 'search_mode': must be one of: web, academic, sec, social.",
         ),
         ({"search_recency_filter": "decade"}, "search_recency_filter", None),
         ({"search_domain_filter": "arxiv.org"}, "search_domain_filter", None),

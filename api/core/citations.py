@@ -72,10 +72,20 @@ class CitationRenderer:
         self._fragment_end = 0
         self._after_stop = False
         self._after_marker = False
+        # Set when some sources were filtered out: original marker number -> its number among the kept sources,
+        # None for a dropped source (its markers are removed in every mode).
+        self._renumber: dict[int, int | None] | None = None
 
-    def set_sources(self, sources: Sequence[CitedSource]) -> None:
-        """Replace the source list; later markers (and literal markers' annotations) use the new one."""
+    def set_sources(self, sources: Sequence[CitedSource], numbers: dict[int, int | None] | None = None) -> None:
+        """Replace the source list; later markers (and literal markers' annotations) use the new one.
+
+        `numbers` renumbers later markers (see `_renumber`) when `sources` is a filtered list."""
         self._sources = tuple(sources)
+        if numbers is not None:
+            self._renumber = numbers
+            # A removed marker must take its space along ("large [2]." -> "large."): hold a trailing space as clean
+            # mode does, in every mode.
+            self._tail, self._tail_chars = _CLEAN_TAIL, _TAIL_CHARS + " "
 
     def feed(self, text: str) -> str:
         """Take the next piece of answer text; return what can be emitted now."""
@@ -134,7 +144,7 @@ class CitationRenderer:
 
     def _process(self, text: str, lookahead: str | None) -> str:
         # `lookahead` is the character after `text` (None at the end of the answer).
-        if self._fast and self._mode == "default":
+        if self._fast and self._mode == "default" and self._renumber is None:
             return self._scan(text, lookahead)
         if "[" not in text and "`" not in text:  # most chunks: nothing to rewrite
             out: list[str] = []
@@ -219,13 +229,22 @@ class CitationRenderer:
         if self._fence or self._inline or after == "(" or (after == ":" and self._line_blank):
             self._emit(out, space + match[0])
             return
+        label = match["number"]
+        if self._renumber is not None and number in self._renumber:
+            renumbered = self._renumber[number]
+            if renumbered is None:  # its source was filtered out: the marker goes, in every mode
+                if space and after is not None and after.isalnum():
+                    self._emit(out, space)
+                self._after_marker = True
+                return
+            number, label = renumbered, str(renumbered)
         source = self._lookup(number)
         if source is None or self._mode == "default":
             self._emit(out, space)
-            self._emit_marker(out, f"[{match['number']}]", number, None)
+            self._emit_marker(out, f"[{label}]", number, None)
         elif self._mode == "markdown":
             self._emit(out, space)
-            self._emit_marker(out, f"[{match['number']}]({_link_target(source.url)})", number, source)
+            self._emit_marker(out, f"[{label}]({_link_target(source.url)})", number, source)
         else:
             self._remove_marker(out, space, number, source, after)
 

@@ -30,6 +30,8 @@ REQUESTED_MODEL_HEADER = "X-Perplexity-Requested-Model"
 AUTO_MODEL = "perplexity-auto"
 # Perplexity's names for Best, its automatic choice, over the years (protocol doc, section 7): reported as the
 # answering model they name no model in particular, so they read as perplexity-auto.
+# How a plan's web search reads in the reasoning (perplexity.extract.step_reasoning).
+SEARCH_LINE = "Searching the web: "
 _AUTO_UPSTREAM = frozenset({"turbo", "default", "pplx_pro", "pplx_pro_upgraded", "pplx_reasoning"})
 
 
@@ -117,12 +119,15 @@ def extras(turn: ChatTurn, meta: CompletionMeta, *, final: bool) -> dict[str, An
 def usage(prompt_text: str, turn: ChatTurn) -> dict[str, Any]:
     """Estimated usage (see README): reasoning counts inside completion tokens, as OpenAI does."""
     prompt = count_tokens(prompt_text)
+    # Each web search of the plan is one reasoning line (perplexity.extract.step_reasoning writes them so).
+    searches = sum(1 for line in turn.reasoning.splitlines() if line.startswith(SEARCH_LINE))
     reasoning = count_tokens(turn.reasoning)
     completion_tokens = count_tokens(turn.content) + reasoning
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
+        "num_search_queries": searches,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,

@@ -25,6 +25,15 @@ _ALIASES = {
     "perplexity-labs": ("studio", "pplx_beta", "Perplexity Labs"),
 }
 
+# Perplexity's official API model names (api.perplexity.ai) -> the public id of the closest web-app model. Resolved
+# but not listed: /v1/models shows what the account has; the response's `model` names the Sonar name asked for.
+_SONAR = {
+    "sonar": "perplexity-sonar",
+    "sonar-pro": "perplexity-auto",
+    "sonar-deep-research": "perplexity-research",
+}
+_SONAR_REASONING = ("sonar-reasoning", "sonar-reasoning-pro")
+
 _PROVIDERS = {
     "claude": "anthropic",
     "gpt": "openai",
@@ -129,6 +138,28 @@ class ModelMap:
             entry = PublicModel(readable_id(info.id), info.id, _owner(info), info.label, info.reasoning, info.mode)
             self._by_id.setdefault(entry.id, entry)
         self._upstream = {m.upstream: m for m in self._by_id.values() if not m.id.startswith("perplexity-")}
+        self._sonar: dict[str, PublicModel] = {}
+        for name, target in _SONAR.items():
+            self._sonar[name] = self._sonar_alias(name, self._by_id[target])
+        reasoning = self._sonar_reasoning()
+        for name in _SONAR_REASONING:
+            self._sonar[name] = self._sonar_alias(name, reasoning)
+
+    def _sonar_reasoning(self) -> PublicModel:
+        """What sonar-reasoning(-pro) asks: Best's thinking variant if the catalogue names one, else its first
+        Perplexity-made thinking model, else its first thinking model, else Best itself."""
+        auto = self._by_id["perplexity-auto"]
+        info = self.catalogue.get(auto.upstream)
+        if info is not None and info.reasoning_variant and (found := self.resolve(info.reasoning_variant)):
+            return found
+        thinking = [m for m in self._by_id.values() if m.reasoning and m.mode == "search"]
+        own = [m for m in thinking if m.owned_by == "perplexity"]
+        return (own or thinking or [auto])[0]
+
+    @staticmethod
+    def _sonar_alias(name: str, target: PublicModel) -> PublicModel:
+        label = f"{name} ({target.label})"
+        return PublicModel(name, target.upstream, "perplexity", label, target.reasoning, target.mode)
 
     def models(self) -> list[PublicModel]:
         """Every public model, aliases first."""
@@ -136,7 +167,7 @@ class ModelMap:
 
     def resolve(self, model_id: str) -> PublicModel | None:
         """The model for a public id or a raw upstream id; None when unknown."""
-        return self._by_id.get(model_id) or self._upstream.get(model_id)
+        return self._by_id.get(model_id) or self._upstream.get(model_id) or self._sonar.get(model_id)
 
     def resolve_anthropic(self, name: str, overrides: Sequence[tuple[str, str]], default: str) -> PublicModel | None:
         """The model an Anthropic client's name (`claude-sonnet-4-5-20250929`, `claude-opus-4-1`, `sonnet`) selects.

@@ -19,13 +19,16 @@ from .continuity import Continuity, Placement
 from .errors import APIError
 from .messages import Transcript, flatten_query, read_messages
 from .modelmap import ModelMap, PublicModel
+from .sonar import approximated, recency_after, source_filter
 from .tools import AgentSpec
 
 __all__ = ["ChatService", "PreparedAsk"]
 
 log = logging.getLogger(__name__)
 
-_SEARCH_MODES = {"web": ("web",), "academic": ("scholar",), "sec": ("finance",)}
+_SEARCH_MODES = {"web": ("web",), "academic": ("scholar",), "sec": ("finance",), "social": ("social",)}
+# Sonar's web_search_options.search_type -> the web app's ask `mode` (concise is its quick search, copilot Pro).
+_SEARCH_TYPES = {"fast": "concise", "pro": "copilot"}
 _RECENCY = {"hour": "day", "day": "day", "week": "week", "month": "month", "year": "year"}
 _DEEP_EFFORT = {"high", "xhigh", "max"}
 # The quota (Perplexity's rate-limit status mode) each model mode uses.
@@ -45,6 +48,9 @@ class PreparedAsk:
     agent: AgentSpec | None = None
     account: str | None = None  # the label of the account that took the ask (set by `ChatService.open`)
     fallback_from: str | None = None  # the model asked for, when QUOTA_FALLBACK_MODEL serves instead
+    # `site:` operators of search_domain_filter, added to every query text sent (a restarted thread's too).
+    operators: str = ""
+    approximated: tuple[str, ...] = ()  # the request's parameters this server emulated (X-Perplexity-Approximated)
 
     @property
     def caller(self) -> str:
@@ -64,6 +70,7 @@ class PreparedAsk:
     def with_section(self, query: str) -> str:
         """`query` followed by the agent section (tools, output format), if the request has one."""
         section = self.agent.section() if self.agent is not None else ""
+        query = f"{query} {self.operators}" if self.operators else query
         return f"{query}\n\n{section}" if section else query
 
     @property
@@ -130,7 +137,11 @@ class ChatService:
         if not query.strip():  # Perplexity asks nothing without text (an image alone, an empty turn)
             message = "The conversation has no text to ask Perplexity; add a question to the last message."
             raise APIError(400, message, code="empty_query", param="messages")
-        prepared = PreparedAsk(model, transcript, query, options, placement, agent, fallback_from=fallback_from)
+        chosen = source_filter(body)
+        prepared = PreparedAsk(
+            model, transcript, query, options, placement, agent, fallback_from=fallback_from,
+            operators=chosen.operators() if chosen is not None else "", approximated=tuple(approximated(body)),
+        )  # fmt: skip
         prepared.query = prepared.with_section(query)
         return prepared
 
@@ -255,14 +266,20 @@ class ChatService:
         latitude, longitude = approx.get("latitude"), approx.get("longitude")
         sources = _SEARCH_MODES.get(body.get("search_mode") or "web", ("web",))
         compare = self.models.catalogue.compare_models if upstream == "pplx_agentic_research" else ()
+        recency = _RECENCY.get(body.get("search_recency_filter") or "")
+        if recency is None and (chosen := source_filter(body)) is not None:
+            recency = recency_after(chosen.after)  # the nearest window; the sources are filtered by date afterwards
+        language = body.get("language_preference") or self.config.get("PERPLEXITY_LANGUAGE") or "en-US"
         return AskOptions(
             model=upstream,
             sources=sources,
             search_focus="writing" if body.get("disable_search") else "internet",
-            recency=_RECENCY.get(body.get("search_recency_filter") or ""),
+            recency=recency,
+            language=str(language),
             timezone=approx.get("timezone") or "UTC",
             latitude=float(latitude) if isinstance(latitude, int | float) else None,
             longitude=float(longitude) if isinstance(longitude, int | float) else None,
             incognito=bool(self.config.get("PERPLEXITY_INCOGNITO", True)),
             compare_models=compare,
+            mode=_SEARCH_TYPES.get(web.get("search_type") or ""),
         )

@@ -22,6 +22,7 @@ from perplexity.types import (
 )
 
 from .citations import CitationRenderer
+from .sonar import SourceFilter
 from .stop import StopScanner
 
 __all__ = ["ChatTurn", "Piece", "TurnLimits", "count_tokens"]
@@ -41,6 +42,8 @@ class TurnLimits:
     citation_mode: str = "default"
     stops: tuple[str, ...] = ()
     max_tokens: int | None = None
+    # Sources the request lets through (Sonar's domain and date filters); None keeps every source.
+    sources: SourceFilter | None = None
 
 
 # Not frozen: one is built per streamed chunk, and a frozen __init__ costs about twice as much.
@@ -71,6 +74,7 @@ class ChatTurn:
         self.model: str | None = None  # the upstream model Perplexity says answers (from its first frame on)
         self.completed: Completed | None = None
         self.finish_reason: str | None = None
+        self._numbers: dict[int, int | None] | None = None  # marker renumbering after filtering, see set_sources
 
     @property
     def content(self) -> str:
@@ -106,8 +110,8 @@ class ChatTurn:
             self.reasoning += event.text
             return [Piece("reasoning", event.text)]
         if isinstance(event, SourcesUpdate):
-            self.sources = event.sources
-            self._renderer.set_sources(event.sources)
+            self.sources = self._filter(event.sources)
+            self._renderer.set_sources(self.sources, self._numbers)
             return [Piece("sources")]
         if isinstance(event, ThreadUpdate):
             self.thread = event.thread
@@ -125,11 +129,30 @@ class ChatTurn:
 
     def rerender(self, answer: str) -> None:
         """Start the content over from `answer` (non-streamed turns use Perplexity's final text)."""
-        self._renderer = CitationRenderer(self.limits.citation_mode, self.sources)
+        self._renderer = CitationRenderer(self.limits.citation_mode)
+        self._renderer.set_sources(self.sources, self._numbers)
         self._stopper = StopScanner(self.limits.stops)
         self._parts, self._length, self.finish_reason = [], 0, None
         self._content(self._renderer.feed(answer) + self._renderer.flush())
         self._finish_content()
+
+    def _filter(self, sources: tuple[Source, ...]) -> tuple[Source, ...]:
+        """The sources the request's filter keeps (attachments always: the client sent them), numbering the kept
+        ones anew so the answer's `[n]` markers follow them."""
+        chosen = self.limits.sources
+        if chosen is None:
+            return sources
+        kept = tuple(s for s in sources if s.is_attachment or chosen.keep(s))
+        if len(kept) == len(sources) and self._numbers is None:
+            return sources  # nothing dropped (yet): markers stay as they are, on the renderer's fast path
+        self._numbers, position = {}, 0
+        for number, source in enumerate(sources, 1):
+            if position < len(kept) and kept[position] is source:
+                position += 1
+                self._numbers[number] = position
+            else:
+                self._numbers[number] = None
+        return kept
 
     def _complete(self, event: Completed) -> list[Piece]:
         self.completed = event
