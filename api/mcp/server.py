@@ -25,6 +25,17 @@ __all__ = ["build_server", "run"]
 SourceName = Literal["web", "academic", "social", "finance"]
 Recency = Literal["hour", "day", "week", "month", "year"]
 CitationMode = Literal["default", "markdown", "clean"]
+# The arguments several tools share, described once (the SDK reads these annotations for the tools' schemas).
+SourcesArg = Annotated[
+    list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
+]
+RecencyArg = Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")]
+CitationArg = Annotated[
+    CitationMode, Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them.")
+]
+ThreadArg = Annotated[
+    str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
+]
 
 _STDIO_CALLER = "mcp:stdio"
 
@@ -141,17 +152,10 @@ def build_server(app: Flask) -> MCPServer:
         model: Annotated[
             str | None, Field(description=f"A public model id (GET /v1/models); default: the server's. Now: {models}.")
         ] = None,
-        sources: Annotated[
-            list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
-        ] = None,
-        recency: Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")] = None,
-        citation_mode: Annotated[
-            CitationMode,
-            Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them."),
-        ] = "default",
-        thread: Annotated[
-            str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
-        ] = None,
+        sources: SourcesArg = None,
+        recency: RecencyArg = None,
+        citation_mode: CitationArg = "default",
+        thread: ThreadArg = None,
     ) -> AskResult:
         caller = _caller(ctx)
         try:
@@ -188,10 +192,8 @@ def build_server(app: Flask) -> MCPServer:
     async def perplexity_search(
         query: Annotated[str, Field(description="What to search for.", min_length=1)],
         ctx: Context,
-        sources: Annotated[
-            list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
-        ] = None,
-        recency: Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")] = None,
+        sources: SourcesArg = None,
+        recency: RecencyArg = None,
     ) -> SearchResult:
         caller = _caller(ctx)
         try:
@@ -218,16 +220,9 @@ def build_server(app: Flask) -> MCPServer:
     async def perplexity_research(
         query: Annotated[str, Field(description="The research question or brief.", min_length=1)],
         ctx: Context,
-        sources: Annotated[
-            list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
-        ] = None,
-        citation_mode: Annotated[
-            CitationMode,
-            Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them."),
-        ] = "default",
-        thread: Annotated[
-            str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
-        ] = None,
+        sources: SourcesArg = None,
+        citation_mode: CitationArg = "default",
+        thread: ThreadArg = None,
     ) -> ResearchResult:
         caller, progress = _caller(ctx), _progress_sender(ctx)
         try:
