@@ -276,6 +276,20 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting("PERPLEXITY_LANGUAGE", "en-US", str, "Ask language (a request's language_preference overrides)"),
+    Setting(
+        "BACKGROUND_MAX_EVENTS", 10000, int,
+        "Events kept per background response for resuming its stream (past it only the final event is kept)",
+        minimum=1,
+    ),  # fmt: skip
+    Setting("BACKGROUND_MAX_JOBS", 0, int, "Background responses running at once in all (0: no cap)", minimum=0),
+    Setting(
+        "BACKGROUND_MAX_JOBS_PER_CALLER", 0, int, "Background responses one key or address may run at once (0: no cap)",
+        minimum=0,
+    ),  # fmt: skip
+    Setting(
+        "BACKGROUND_LEASE_SECONDS", 30.0, float,
+        "Seconds a background response outlives the worker running it before a poll marks it failed", minimum=1,
+    ),  # fmt: skip
     Setting("LOG_LEVEL", "INFO", str, "Python log level", check=_log_level),
 )  # fmt: skip
 

@@ -327,7 +327,7 @@ class CreateResponseRequestSchema(PerplexityOptionsSchema):
     conversation = fields.Raw(
         allow_none=True, validate=_unsupported("conversation", "chain turns with 'previous_response_id'.")
     )
-    background = boolean(validate=_unsupported("background", "responses are answered while the request waits."))
+    background = boolean(load_default=False)
     stream = boolean(load_default=False)
     stream_options = nested(StreamOptionsSchema)
     store = boolean(load_default=True)

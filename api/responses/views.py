@@ -22,6 +22,7 @@ from ..edge.auth import caller
 from ..state import ServerState, state
 from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
 from ..stores.records import StoredResponse
+from . import background
 from .events import ResponseEvents, response_events
 from .inputs import chain_history, read_input, stored_items
 from .objects import ResponseMeta, echo_fields, response_object, response_status, response_usage, whole_output
@@ -100,12 +101,15 @@ def _search_query(body: dict[str, Any], prepared: PreparedAsk) -> str | None:
 def create_response() -> Response:
     """Answer `input` with Perplexity as a Responses API `response`, streamed as events or whole."""
     body = _schema.load(json_body())
+    if body.get("background") and body.get("store") is False:  # a background response is only read from the store
+        raise APIError(400, "Background responses require store=true.", code="invalid_value", param="store")
     server = state()
     agent = responses_agent_spec(body)
     prepared, chat = _prepare(server, body, agent)
     naming = ModelNaming(prepared.model.id, prepared.options.model, server.models)  # `model`: what answered
     completion = replace(completion_meta(prepared, chat), naming=naming)
-    meta = ResponseMeta(completion, echo_fields(body), _search_query(body, prepared))
+    echo = {**echo_fields(body), "background": bool(body.get("background"))}
+    meta = ResponseMeta(completion, echo, _search_query(body, prepared))
     turn = ChatTurn(turn_limits(chat))
     items, who = stored_items(body["input"]), _owner(body)
 
@@ -118,6 +122,16 @@ def create_response() -> Response:
         finished = outcome.turn
         server.service.remember(prepared, finished.thread, outcome.history_text, finished.title)
         keep(response)
+
+    if body.get("background"):
+
+        def remember(outcome: AgentOutcome) -> None:
+            server.service.remember(prepared, outcome.turn.thread, outcome.history_text, outcome.turn.title)
+
+        streamed, agentic = bool(body.get("stream")), agent is not None
+        return background.start(
+            server, prepared, turn, meta, who=who, items=items, remember=remember, agent=agentic, stream=streamed
+        )
 
     events = ResponseEvents(meta)
 
@@ -145,14 +159,41 @@ def create_response() -> Response:
 
 @bp.get("/v1/responses/<response_id>")
 def retrieve_response(response_id: str) -> Response:
-    """One of the caller's stored responses, as it was sent."""
-    return json_response(_stored(state(), response_id, _owner()).response)
+    """One of the caller's stored responses, as it was sent; with `stream=true`, a background response's events
+    after `starting_after`, the stored ones and then the live ones."""
+    server, who = state(), _owner()
+    record = background.judge(server, _stored(server, response_id, who))
+    if request.args.get("stream") not in ("true", "True", "1"):
+        return json_response(record.response)
+    if not record.response.get("background"):
+        raise APIError(400, "Only background responses can be streamed again.", code="invalid_value", param="stream")
+    raw = request.args.get("starting_after", "-1")
+    if not raw.lstrip("-").isdigit():
+        message = "Invalid value for 'starting_after': must be an integer."
+        raise APIError(400, message, code="invalid_value", param="starting_after")
+    return background.follow_response(server, background.jobs_of(server), response_id, who, int(raw))
+
+
+@bp.post("/v1/responses/<response_id>/cancel")
+def cancel_response(response_id: str) -> Response:
+    """Cancel one of the caller's background responses while it is queued or running."""
+    server = state()
+    return json_response(background.cancel(server, _stored(server, response_id, _owner())))
 
 
 @bp.delete("/v1/responses/<response_id>")
 def delete_response(response_id: str) -> Response:
-    """Forget one of the caller's stored responses."""
-    if not state().responses.delete(_owner(), response_id):
+    """Forget one of the caller's stored responses (a background one still running is cancelled first, so its
+    runner does not store it again)."""
+    server, who = state(), _owner()
+    record = server.responses.get(who, response_id)
+    if record is not None and record.response.get("background"):
+        jobs = background.jobs_of(server)
+        if record.response["status"] in ("queued", "in_progress"):
+            jobs.cancel(response_id)
+        else:
+            jobs.forget(response_id)
+    if not server.responses.delete(who, response_id):
         raise APIError(404, f"Response with id '{response_id}' not found.", code="response_not_found")
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
