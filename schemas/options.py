@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.common import RequestPartSchema, array, boolean, choice, nested, number, string
+from marshmallow import validate
+
+from schemas.common import RequestPartSchema, array, boolean, choice, integer, nested, number, string
 
 __all__ = [
     "CITATION_MODES",
@@ -62,6 +64,10 @@ class PerplexityOptionsSchema(RequestPartSchema):
     language_preference = string()
     return_related_questions = boolean()
     return_images = boolean()
+    # Sonar's image filters and result count: `core.sonar` applies them to what Perplexity returns.
+    image_domain_filter = array(string(allow_none=False))
+    image_format_filter = array(string(allow_none=False))
+    num_search_results = integer(validate=validate.Range(min=1, max=100, error="must be between {min} and {max}."))
     disable_search = boolean()
     # This server's own option; None means "use the server's configured default".
     citation_mode = choice(*CITATION_MODES, load_default=None)

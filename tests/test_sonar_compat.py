@@ -126,7 +126,7 @@ def test_domain_filter_holds_on_a_stream(fake, live_server):
 def test_renumbering_is_the_same_in_any_chunking(mode):
     sources = [Source(f"s{n}", f"https://h{n}.com/") for n in (1, 3)]
     numbers = {1: 1, 2: None, 3: 2}
-    text = "A [1]. B [2]. C [3][2] and [2]x `[2]` [9]."
+    text = "A [1]. B [2]. C [3][2] and [2]x `[2]` [9]. D [2][3]. E [2][2]. F [2][link."
     whole = CitationRenderer(mode)
     whole.set_sources(sources, numbers)
     expected = whole.render(text)
@@ -137,7 +137,7 @@ def test_renumbering_is_the_same_in_any_chunking(mode):
         assert out == expected
         assert renderer.annotations == whole.annotations
     if mode == "default":
-        assert expected == "A [1]. B. C [2] and x `[2]` [9]."
+        assert expected == "A [1]. B. C [2] and x `[2]` [9]. D [2]. E. F [link."
 
 
 # ---- 3. date filters ---------------------------------------------------------------------------------------------
@@ -243,3 +243,78 @@ def test_num_search_queries_reaches_the_sdk(fake, sdk):
 def test_unknown_search_mode_still_refused(sdk):
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model="sonar", messages=USER, extra_body={"search_mode": "nope"})
+
+
+# ---- 6. result count, image filters, context size ----------------------------------------------------------------
+
+
+def test_num_search_results_keeps_the_first_sources_and_renumbers(fake, live_server):
+    fake.enqueue(Reply(sources=THREE, answer=ANSWER))
+    r = _post(live_server, {"model": "sonar", "messages": USER, "num_search_results": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["citations"] == ["https://news.example.org/1", "https://other.com/2"]
+    assert body["choices"][0]["message"]["content"] == "First fact [1]. Second fact [2]. Third fact [2]."
+    assert r.headers["x-perplexity-approximated"] == "num_search_results"
+
+
+def test_num_search_results_out_of_range_is_a_400(fake, live_server):
+    r = _post(live_server, {"model": "sonar", "messages": USER, "num_search_results": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "num_search_results"
+    assert fake.asks == []
+
+
+IMAGES = [
+    {"image": "https://img.example.org/a.png", "url": "https://news.example.org/1"},
+    {"image": "https://cdn.other.com/b.jpg", "url": "https://other.com/2"},
+    {"image": "https://img.example.org/c.webp", "url": "https://example.org/3"},
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "kept"),
+    [
+        ({"image_domain_filter": ["example.org"]}, ["a.png", "c.webp"]),
+        ({"image_domain_filter": ["-example.org"]}, ["b.jpg"]),
+        ({"image_format_filter": ["JPG", ".webp"]}, ["b.jpg", "c.webp"]),
+        ({"image_domain_filter": ["example.org"], "image_format_filter": ["png"]}, ["a.png"]),
+        ({}, ["a.png", "b.jpg", "c.webp"]),
+    ],
+)
+def test_image_filters_apply_to_returned_images(fake, live_server, extra, kept):
+    fake.enqueue(Reply(sources=THREE, answer=ANSWER, media=IMAGES))
+    r = _post(live_server, {"model": "sonar", "messages": USER, "return_images": True, **extra})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["image_url"].rsplit("/", 1)[-1] for i in body["images"]] == kept
+    assert len(body["citations"]) == 3  # image filters leave the sources alone
+    assert r.headers.get("x-perplexity-approximated", "") == ", ".join(extra)  # in the order sonar lists them
+
+
+def test_image_filters_hold_on_a_stream(fake, live_server):
+    fake.enqueue(Reply(sources=THREE, answer=ANSWER, media=IMAGES, chunk_size=4))
+    body = {"model": "sonar", "messages": USER, "return_images": True, "image_format_filter": ["png"]}
+    url = live_server.url + "/v1/chat/completions"
+    with requests.post(url, json={**body, "stream": True}, stream=True, timeout=20) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines(decode_unicode=True) if line.startswith("data: {")]
+    shown = [c["images"] for c in chunks if "images" in c]
+    assert shown and [i["image_url"] for i in shown[-1]] == ["https://img.example.org/a.png"]
+
+
+@pytest.mark.parametrize(("size", "mode"), [("low", "concise"), ("high", "copilot"), ("medium", None)])
+def test_search_context_size_reads_as_a_search_type(fake, live_server, size, mode):
+    fake.enqueue(Reply(answer="ok"))
+    body = {"model": "sonar", "messages": USER, "web_search_options": {"search_context_size": size}}
+    r = _post(live_server, body)
+    assert r.status_code == 200, r.text
+    assert fake.asks[-1].json["params"].get("mode") == (mode or fake.asks[-1].json["params"].get("mode"))
+    approximated = r.headers.get("x-perplexity-approximated")
+    assert approximated == ("web_search_options.search_context_size" if mode else None)
+
+
+def test_search_type_wins_over_context_size(fake, live_server):
+    fake.enqueue(Reply(answer="ok"))
+    web = {"search_type": "fast", "search_context_size": "high"}
+    r = _post(live_server, {"model": "sonar", "messages": USER, "web_search_options": web})
+    assert fake.asks[-1].json["params"]["mode"] == "concise"
+    assert r.headers["x-perplexity-approximated"] == "web_search_options.search_type"

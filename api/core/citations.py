@@ -72,6 +72,8 @@ class CitationRenderer:
         self._fragment_end = 0
         self._after_stop = False
         self._after_marker = False
+        # The space before a dropped marker that another marker followed ("fact [3][2]" -> "fact [2]").
+        self._carry = ""
         # Set when some sources were filtered out: original marker number -> its number among the kept sources,
         # None for a dropped source (its markers are removed in every mode).
         self._renumber: dict[int, int | None] | None = None
@@ -146,7 +148,7 @@ class CitationRenderer:
         # `lookahead` is the character after `text` (None at the end of the answer).
         if self._fast and self._mode == "default" and self._renumber is None:
             return self._scan(text, lookahead)
-        if "[" not in text and "`" not in text:  # most chunks: nothing to rewrite
+        if "[" not in text and "`" not in text and not self._carry:  # most chunks: nothing to rewrite
             out: list[str] = []
             self._emit(out, text)
             return text
@@ -155,16 +157,21 @@ class CitationRenderer:
         for match in _TOKEN.finditer(text):
             start = match.start()
             space = ""
+            carry, self._carry = self._carry, ""
             if match["number"] is not None and start - 1 >= position and text[start - 1] == " ":
                 start, space = start - 1, " "
-            self._emit(out, text[position:start])
+            elif match["number"] is not None and start == position:
+                space, carry = carry, ""  # right after a dropped marker: its space goes to this one
+            self._emit(out, carry + text[position:start])
             if match["ticks"]:
                 self._backticks(out, match["ticks"])
             else:
                 after = text[match.end()] if match.end() < len(text) else lookahead
                 self._marker(out, match, space, after)
             position = match.end()
-        self._emit(out, text[position:])
+        if position < len(text):
+            carry, self._carry = self._carry, ""
+            self._emit(out, carry + text[position:])
         return "".join(out)
 
     def _scan(self, text: str, lookahead: str | None) -> str:
@@ -235,6 +242,8 @@ class CitationRenderer:
             if renumbered is None:  # its source was filtered out: the marker goes, in every mode
                 if space and after is not None and after.isalnum():
                     self._emit(out, space)
+                elif space and after == "[":
+                    self._carry = space
                 self._after_marker = True
                 return
             number, label = renumbered, str(renumbered)

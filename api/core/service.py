@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _SEARCH_MODES = {"web": ("web",), "academic": ("scholar",), "sec": ("finance",), "social": ("social",)}
 # Sonar's web_search_options.search_type -> the web app's ask `mode` (concise is its quick search, copilot Pro).
 _SEARCH_TYPES = {"fast": "concise", "pro": "copilot"}
+_CONTEXT_SIZES = {"low": "fast", "high": "pro"}  # Sonar's search_context_size, as the search type it is nearest
 _RECENCY = {"hour": "day", "day": "day", "week": "week", "month": "month", "year": "year"}
 _DEEP_EFFORT = {"high", "xhigh", "max"}
 # The quota (Perplexity's rate-limit status mode) each model mode uses.
@@ -281,5 +282,6 @@ class ChatService:
             longitude=float(longitude) if isinstance(longitude, int | float) else None,
             incognito=bool(self.config.get("PERPLEXITY_INCOGNITO", True)),
             compare_models=compare,
-            mode=_SEARCH_TYPES.get(web.get("search_type") or ""),
+            # search_type, else search_context_size read as one (low: the quick search, high: Pro).
+            mode=_SEARCH_TYPES.get(web.get("search_type") or _CONTEXT_SIZES.get(web.get("search_context_size"), "")),
         )

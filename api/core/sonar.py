@@ -21,6 +21,14 @@ _DATE_FIELDS = (
     "last_updated_after_filter",
     "last_updated_before_filter",
 )
+# Emulated whenever a request sets them: post-filters on what Perplexity returned.
+_EMULATED = (
+    "search_domain_filter",
+    *_DATE_FIELDS,
+    "num_search_results",
+    "image_domain_filter",
+    "image_format_filter",
+)
 _US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
 # The web app's recency windows, narrowest first, with the days each one reaches back.
 _WINDOWS = (("day", 1), ("week", 7), ("month", 31), ("year", 366))
@@ -78,6 +86,22 @@ class SourceFilter:
     deny: tuple[str, ...] = ()
     after: date | None = None
     before: date | None = None
+    limit: int | None = None  # num_search_results: web sources kept at most (the first ones)
+    image_allow: tuple[str, ...] = ()  # image_domain_filter (on the images return_images adds)
+    image_deny: tuple[str, ...] = ()
+    image_formats: tuple[str, ...] = ()  # image_format_filter: file extensions, lower case, no dot
+
+    def keep_image(self, item: Any) -> bool:
+        """True when an image (anything with `url` and `origin_url`) passes the image filters."""
+        hosts = {_host(item.url), _host(item.origin_url or "")} - {""}
+        if self.image_allow and not any(_matches(h, d) for h in hosts for d in self.image_allow):
+            return False
+        if any(_matches(h, d) for h in hosts for d in self.image_deny):
+            return False
+        if self.image_formats:
+            path = urlsplit(item.url).path.lower()
+            return path.rsplit(".", 1)[-1] in self.image_formats if "." in path else False
+        return True
 
     def keep(self, source: Any) -> bool:
         """True when `source` (anything with `url` and `date`) passes; a source without a date passes any window."""
@@ -113,9 +137,17 @@ def source_filter(body: dict[str, Any]) -> SourceFilter | None:
     afters = [d for d in (dates["search_after_date_filter"], dates["last_updated_after_filter"]) if d]
     befores = [d for d in (dates["search_before_date_filter"], dates["last_updated_before_filter"]) if d]
     after, before = max(afters, default=None), min(befores, default=None)
-    if not (allow or deny or after or before):
+    limit = body.get("num_search_results")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    images = [e for e in body.get("image_domain_filter") or () if isinstance(e, str) and e.strip()]
+    image_allow = tuple(d for e in images if not e.strip().startswith("-") and (d := _domain(e)))
+    image_deny = tuple(d for e in images if e.strip().startswith("-") and (d := _domain(e.strip()[1:])))
+    formats = tuple(
+        f.strip().lower().lstrip(".") for f in body.get("image_format_filter") or () if isinstance(f, str) and f.strip()
+    )
+    if not (allow or deny or after or before or limit or image_allow or image_deny or formats):
         return None
-    return SourceFilter(allow, deny, after, before)
+    return SourceFilter(allow, deny, after, before, limit, image_allow, image_deny, formats)
 
 
 def recency_after(after: date | None, today: date | None = None) -> str | None:
@@ -128,9 +160,12 @@ def recency_after(after: date | None, today: date | None = None) -> str | None:
 
 def approximated(body: dict[str, Any]) -> list[str]:
     """The parameters of `body` this server emulates rather than passes on natively, in a stable order."""
-    names = [name for name in ("search_domain_filter", *_DATE_FIELDS) if body.get(name)]
+    names = [name for name in _EMULATED if body.get(name)]
     if body.get("search_recency_filter") == "hour":
         names.append("search_recency_filter")  # the web app's narrowest window is a day
-    if (body.get("web_search_options") or {}).get("search_type") in ("fast", "pro"):
+    web = body.get("web_search_options") or {}
+    if web.get("search_type") in ("fast", "pro"):
         names.append("web_search_options.search_type")  # the web app's mode only hints; the model decides
+    elif web.get("search_context_size") in ("low", "high"):
+        names.append("web_search_options.search_context_size")  # read as a search type (service._options)
     return names

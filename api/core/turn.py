@@ -118,7 +118,7 @@ class ChatTurn:
         elif isinstance(event, ModelUpdate):
             self.model = event.model
         elif isinstance(event, MediaUpdate):
-            self.media = event.items
+            self.media = self._images(event.items)
         elif isinstance(event, RelatedQuestions):
             self.related = event.questions
         elif isinstance(event, TitleUpdate):
@@ -143,6 +143,9 @@ class ChatTurn:
         if chosen is None:
             return sources
         kept = tuple(s for s in sources if s.is_attachment or chosen.keep(s))
+        if chosen.limit is not None:  # num_search_results: the first web sources (attachments always stay)
+            web = [s for s in kept if not s.is_attachment][: chosen.limit]
+            kept = tuple(s for s in kept if s.is_attachment or s in web)
         if len(kept) == len(sources) and self._numbers is None:
             return sources  # nothing dropped (yet): markers stay as they are, on the renderer's fast path
         self._numbers, position = {}, 0
@@ -154,13 +157,20 @@ class ChatTurn:
                 self._numbers[number] = None
         return kept
 
+    def _images(self, items: tuple[MediaItem, ...]) -> tuple[MediaItem, ...]:
+        """The images the request's image filters keep (image_domain_filter, image_format_filter)."""
+        chosen = self.limits.sources
+        if chosen is None or not items:
+            return items
+        return tuple(item for item in items if item.medium != "image" or chosen.keep_image(item))
+
     def _complete(self, event: Completed) -> list[Piece]:
         self.completed = event
         self.thread = event.thread or self.thread
         self.model = event.model or self.model
         self.title = event.title or self.title
         self.related = event.related_questions or self.related
-        self.media = event.media or self.media
+        self.media = self._images(event.media) or self.media
         pieces = self._content(self._renderer.flush())
         if self.finish_reason is None:
             pieces += self._finish_content()
