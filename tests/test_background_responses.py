@@ -156,19 +156,35 @@ def test_running_jobs_are_capped_per_caller(fake, live_server_factory):
         assert wait_finished(client, second.id).output_text == ANSWER
 
 
+def test_running_jobs_are_capped_in_total(fake, live_server_factory):
+    server = live_server_factory(WEB_CONCURRENCY="1", API_KEYS="bg-a,bg-b", BACKGROUND_MAX_JOBS="1")
+    fake.enqueue(Reply(answer=SLOW, chunk_size=4, frame_delay=0.05))
+    with (
+        openai.OpenAI(base_url=server.url + "/v1", api_key="bg-a", max_retries=0, timeout=20) as a,
+        openai.OpenAI(base_url=server.url + "/v1", api_key="bg-b", max_retries=0, timeout=20) as b,
+    ):
+        first = a.responses.create(model="perplexity-auto", input="Talk slowly", background=True)
+        with pytest.raises(openai.RateLimitError) as info:  # another caller, but the server-wide cap is full
+            b.responses.create(model="perplexity-auto", input="And me?", background=True)
+        assert info.value.code == "rate_limit_exceeded"
+        a.responses.cancel(first.id)
+        assert wait_finished(a, first.id).status == "cancelled"
+
+
 def _workers(master: int) -> list[int]:
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     return [int(pid) for pid in children]
 
 
-def test_a_job_whose_worker_died_is_marked_failed(fake, live_server_factory):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_job_whose_worker_died_is_marked_failed(fake, live_server_factory, workers):
     try:
         redis_client(REDIS_URL).ping()
     except redis.RedisError:
         pytest.skip("no Redis on 127.0.0.1:6379")
     key = "sk-bg-" + secrets.token_hex(6)
     server = live_server_factory(
-        WEB_CONCURRENCY="1", CONVERSATION_STORE_URI=REDIS_URL, API_KEYS=key, BACKGROUND_LEASE_SECONDS="1"
+        WEB_CONCURRENCY=workers, CONVERSATION_STORE_URI=REDIS_URL, API_KEYS=key, BACKGROUND_LEASE_SECONDS="1"
     )
     fake.enqueue(Reply(answer=SLOW * 4, chunk_size=4, frame_delay=0.05))
     with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=20) as client:
@@ -176,7 +192,8 @@ def test_a_job_whose_worker_died_is_marked_failed(fake, live_server_factory):
         for _ in range(400):
             if client.responses.retrieve(created.id).status == "in_progress":
                 break
-        for pid in _workers(server.process.pid):  # the worker this test's server started: it dies mid-job
+        # Every worker of this test's server dies, so the one running the job does too, mid-job.
+        for pid in _workers(server.process.pid):
             os.kill(pid, signal.SIGKILL)
         for _ in range(600):  # gunicorn starts a new worker; its polls find the lease lapsed
             try:
