@@ -9,7 +9,7 @@ from perplexity.stream import AskStream
 
 from .errors import APIError
 from .service import ChatService, PreparedAsk
-from .streaming import read_whole, turn_pieces
+from .streaming import read_whole, relay, turn_pieces
 from .tools import MAX_PROSE_AROUND_CALLS, AgentSpec, ToolCall, call_text, read_json_output, read_tool_calls
 from .turn import ChatTurn, Piece
 
@@ -19,6 +19,7 @@ __all__ = [
     "AnswerGate",
     "FRAGMENT_SIZE",
     "fragments",
+    "gated_stream",
     "raw_answer",
     "read_answer",
     "settle",
@@ -235,3 +236,40 @@ class AgentStream:
         return (
             yield from settle_stream(self._service, self._prepared, turn, heartbeat=self._heartbeat, gone=self._gone)
         )
+
+
+def gated_stream(
+    stream: AskStream,
+    turn: ChatTurn,
+    write: Callable[[list[Piece]], bytes],
+    ping: bytes,
+    *,
+    heartbeat: float,
+    gone: Callable[[], bool] | None,
+    first_token: Callable[[], None],
+    agent: AgentStream | None = None,
+) -> Generator[bytes, None, tuple[AgentOutcome, bool]]:
+    """The body of an answer stream whose pieces an endpoint family writes as its own events (`write`): pieces as
+    they arrive (through the agent's gate while it holds), `ping` for each silent heartbeat, then the agent's
+    settled answer. Returns the outcome and whether the gate held the answer to the end. `first_token` runs at
+    the first content piece, or when a held answer is sent."""
+    first = False
+    for pieces in turn_pieces(stream, turn, heartbeat, gone):
+        if pieces is None:
+            yield ping
+            continue
+        if agent is not None and agent.gate.held:
+            pieces = agent.gate.feed(turn, pieces)
+        data = write(pieces)
+        if not first and any(piece.kind == "content" for piece in pieces):
+            first = True
+            first_token()
+        if data:
+            yield data
+    if agent is None:
+        return AgentOutcome(turn), False
+    held = agent.gate.held
+    outcome = yield from relay(agent.finish(turn), write, ping)
+    if held:
+        first_token()
+    return outcome, held

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..core.agent import AgentOutcome, AgentStream, fragments
-from ..core.streaming import relay, turn_pieces
+from ..core.agent import AgentOutcome, AgentStream, fragments, gated_stream
 from ..core.turn import ChatTurn, Piece
 from ..edge.errors import anthropic_error, to_api_error
 from ..edge.sse import encode
@@ -219,24 +218,15 @@ def message_events(
     """The SSE body of a streamed message; with `error_event` as the `fail` of `api.steps.answer` a broken stream
     ends with one `error` event. `on_done` runs before the closing events (the thread is remembered first)."""
     yield events.start()
-    first_token = False
-    for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
-        if pieces is None:
-            yield PING
-            continue
-        if agent is not None and agent.gate.held:
-            pieces = agent.gate.feed(turn, pieces)
-        out = events.feed(pieces, turn)
-        if not first_token and any(piece.kind == "content" for piece in pieces):
-            first_token = True
-            hooks.first_token()
-        if out:
-            yield b"".join(out)
-    outcome, held = AgentOutcome(turn), False
-    if agent is not None:
-        held = agent.gate.held
-        outcome = yield from relay(agent.finish(turn), lambda pieces: b"".join(events.feed(pieces, turn)), PING)
-        if held:
-            hooks.first_token()
+    outcome, held = yield from gated_stream(
+        stream,
+        turn,
+        lambda pieces: b"".join(events.feed(pieces, turn)),
+        PING,
+        heartbeat=hooks.heartbeat,
+        gone=hooks.gone,
+        first_token=hooks.first_token,
+        agent=agent,
+    )
     on_done(outcome)
     yield events.finish(outcome, held=held)

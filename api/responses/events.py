@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..core.agent import AgentOutcome, AgentStream, fragments
-from ..core.streaming import relay, turn_pieces
+from ..core.agent import AgentOutcome, AgentStream, fragments, gated_stream
 from ..core.tools import ToolCall
 from ..core.turn import ChatTurn, Piece
 from ..edge.errors import to_api_error
@@ -263,25 +262,16 @@ def response_events(
     API ends with its lifecycle event.
     """
     yield events.start()
-    first_token = False
-    for pieces in turn_pieces(stream, turn, hooks.heartbeat, hooks.gone):
-        if pieces is None:
-            yield PING
-            continue
-        if agent is not None and agent.gate.held:
-            pieces = agent.gate.feed(turn, pieces)
-        out = events.feed(pieces, turn)
-        if not first_token and any(piece.kind == "content" for piece in pieces):
-            first_token = True
-            hooks.first_token()
-        if out:
-            yield b"".join(out)
-    outcome, held = AgentOutcome(turn), False
-    if agent is not None:
-        held = agent.gate.held
-        outcome = yield from relay(agent.finish(turn), lambda pieces: b"".join(events.feed(pieces, turn)), PING)
-        if held:
-            hooks.first_token()
+    outcome, held = yield from gated_stream(
+        stream,
+        turn,
+        lambda pieces: b"".join(events.feed(pieces, turn)),
+        PING,
+        heartbeat=hooks.heartbeat,
+        gone=hooks.gone,
+        first_token=hooks.first_token,
+        agent=agent,
+    )
     closing, response = events.finish(outcome, prompt_text, held=held)
     on_done(outcome, response)
     yield closing + events.final(response)
