@@ -29,7 +29,8 @@ __all__ = ["app", "create_app"]
 
 log = logging.getLogger("app")
 
-_PUBLIC_PREFIXES = ("/health", "/metrics", "/stats")
+# Pages and documents a browser loads before any key is entered; the API calls they make carry the key.
+_PUBLIC_PREFIXES = ("/health", "/metrics", "/stats", "/docs", "/openapi.json", "/console")
 
 
 class _RequestIdFilter(logging.Filter):

@@ -17,7 +17,7 @@ __all__ = ["check_stream_cap", "init_app", "refuse_stream"]
 
 log = logging.getLogger(__name__)
 
-EXEMPT_PREFIXES = ("/health", "/metrics")
+EXEMPT_PREFIXES = ("/health", "/metrics", "/docs", "/openapi.json", "/console")  # probes, pages and assets
 
 
 def _caller_key() -> str:
