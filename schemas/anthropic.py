@@ -58,11 +58,20 @@ class ContentField(fields.Field):
         return value
 
 
+class TextBlockSchema(RequestPartSchema):
+    """A `text` block of `system` (or of a turn's content)."""
+
+    type = string(metadata={"enum": ["text"]})
+    text = string(required=True)
+
+
 class MessageSchema(RequestPartSchema):
     """One turn: `role` and `content`."""
 
     role = choice(*ROLES, required=True)
-    content = ContentField(required=True)
+    content = ContentField(
+        required=True, metadata={"any_of": ({"type": "string"}, {"type": "array", "items": {"type": "object"}})}
+    )
 
 
 class ToolSchema(RequestPartSchema):
@@ -126,7 +135,10 @@ class CountTokensRequestSchema(PerplexityOptionsSchema):
         required=True,
         validate=validate.Length(min=1, error="must contain at least one message."),
     )
-    system = SystemField(allow_none=True)
+    system = SystemField(
+        allow_none=True,
+        metadata={"any_of": ({"type": "string"}, {"type": "array", "items": TextBlockSchema})},
+    )
     tools = array(nested(ToolSchema, allow_none=False))
     tool_choice = nested(ToolChoiceSchema)
     thinking = nested(ThinkingSchema)

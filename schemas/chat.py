@@ -87,6 +87,11 @@ class StopField(fields.Field):
         return value
 
 
+STOP_SHAPE = {
+    "any_of": ({"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES})
+}
+
+
 def _only_one_choice(value: int | None) -> None:
     # Perplexity gives one answer per ask; fanning out n asks would multiply cost and rate-limit use.
     if value is not None and value < 1:
@@ -211,7 +216,7 @@ class ChatCompletionRequestSchema(PerplexityOptionsSchema):
     stream = boolean(load_default=False)
     stream_options = nested(StreamOptionsSchema)
     n = integer(load_default=1, validate=_only_one_choice)
-    stop = StopField(allow_none=True)
+    stop = StopField(allow_none=True, metadata=STOP_SHAPE)
     max_tokens = integer(validate=validate.Range(min=1, error="must be at least {min}."))
     max_completion_tokens = integer(validate=validate.Range(min=1, error="must be at least {min}."))
     # Sampling knobs cannot reach Perplexity; they are range-checked like OpenAI does, then ignored.
@@ -230,7 +235,10 @@ class ChatCompletionRequestSchema(PerplexityOptionsSchema):
     reasoning_effort = choice(*REASONING_EFFORTS)
     response_format = nested(ResponseFormatSchema)
     tools = array(nested(ToolSchema, allow_none=False))
-    tool_choice = ToolChoiceField(allow_none=True)
+    tool_choice = ToolChoiceField(
+        allow_none=True,
+        metadata={"any_of": ({"type": "string", "enum": ["none", "auto", "required"]}, ToolChoiceObjectSchema)},
+    )
     parallel_tool_calls = boolean()
     functions = array(nested(FunctionDefinitionSchema, allow_none=False))
     function_call = fields.Raw(allow_none=True)

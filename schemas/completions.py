@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 
-from schemas.chat import StopField, StreamOptionsSchema
+from schemas.chat import STOP_SHAPE, StopField, StreamOptionsSchema
 from schemas.common import boolean, integer, mapping, nested, number, string
 from schemas.options import PerplexityOptionsSchema
 
@@ -56,14 +56,22 @@ class CompletionRequestSchema(PerplexityOptionsSchema):
     """`POST /v1/completions`; unknown fields are kept, as in chat."""
 
     model = string(required=True)
-    prompt = PromptField(required=True)
+    prompt = PromptField(
+        required=True,
+        metadata={
+            "any_of": (
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1},
+            )
+        },
+    )
     suffix = string(validate=_no_suffix)
     # No default of 16 as in OpenAI's spec: an unset max_tokens means the whole answer (see api/legacy.py).
     max_tokens = integer(validate=validate.Range(min=1, error="must be at least {min}."))
     stream = boolean(load_default=False)
     stream_options = nested(StreamOptionsSchema)
     echo = boolean(load_default=False)
-    stop = StopField(allow_none=True)
+    stop = StopField(allow_none=True, metadata=STOP_SHAPE)
     n = integer(validate=_only_one("n"))
     best_of = integer(validate=_only_one("best_of"))
     # Sampling knobs cannot reach Perplexity; they are range-checked like OpenAI does, then ignored.

@@ -1,10 +1,12 @@
-"""The OpenAI error body `{"error": {"message", "type", "param", "code"}}`, for dumping errors and for tests."""
+"""Error bodies: OpenAI's `{"error": {"message", "type", "param", "code"}}` and Anthropic's, for dumping and docs."""
 
 from __future__ import annotations
 
 from marshmallow import Schema, fields
 
-__all__ = ["ErrorResponseSchema", "ErrorSchema"]
+from schemas.common import constant
+
+__all__ = ["AnthropicErrorResponseSchema", "AnthropicErrorSchema", "ErrorResponseSchema", "ErrorSchema"]
 
 
 class ErrorSchema(Schema):
@@ -21,3 +23,18 @@ class ErrorResponseSchema(Schema):
     """The whole error body of every non-2xx response and of a mid-stream `data:` error event."""
 
     error = fields.Nested(ErrorSchema, required=True)
+
+
+class AnthropicErrorSchema(Schema):
+    """Anthropic's inner error: `type` (invalid_request_error, authentication_error, overloaded_error, ...)."""
+
+    type = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class AnthropicErrorResponseSchema(Schema):
+    """The error body of the Anthropic family (`/v1/messages…`, or any request from an Anthropic client)."""
+
+    type = constant("error")
+    error = fields.Nested(AnthropicErrorSchema, required=True)
+    request_id = fields.String(required=True, allow_none=True)

@@ -36,6 +36,7 @@ _PARTS_BY_ROLE = {
     "assistant": ("text", "refusal"),
     "user": _USER_PARTS,
 }
+_URL_PARTS = ("image_url", "file_url", "pdf_url", "video_url")
 # Roles whose content may be absent or null: an assistant turn that only called tools.
 _CONTENT_OPTIONAL = ("assistant",)
 
@@ -46,14 +47,14 @@ _CONTENT_OPTIONAL = ("assistant",)
 class TextPartSchema(RequestPartSchema):
     """`{"type": "text", "text": ...}`."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["text"]})
     text = string(required=True)
 
 
 class RefusalPartSchema(RequestPartSchema):
     """`{"type": "refusal", "refusal": ...}` (assistant history only)."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["refusal"]})
     refusal = string(required=True)
 
 
@@ -67,7 +68,7 @@ class UrlSchema(RequestPartSchema):
 class UrlPartSchema(RequestPartSchema):
     """A part that points at a URL; the key holding the URL object is named like the part's `type`."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": list(_URL_PARTS)})
     image_url = nested(UrlSchema)
     file_url = nested(UrlSchema)
     pdf_url = nested(UrlSchema)
@@ -96,7 +97,7 @@ class AudioSchema(RequestPartSchema):
 class AudioPartSchema(RequestPartSchema):
     """`{"type": "input_audio", "input_audio": {...}}`."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["input_audio"]})
     input_audio = nested(AudioSchema, required=True)
 
 
@@ -116,16 +117,21 @@ class FileSchema(RequestPartSchema):
 class FilePartSchema(RequestPartSchema):
     """`{"type": "file", "file": {...}}`."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["file"]})
     file = nested(FileSchema, required=True)
 
+
+# The content parts, for the OpenAPI document (the `one_of`/`any_of` metadata of a field is read by api/docs).
+PART_SCHEMAS = (TextPartSchema, RefusalPartSchema, UrlPartSchema, AudioPartSchema, FilePartSchema)
+
+_CONTENT_SHAPE = {"any_of": ({"type": "string"}, {"type": "array", "items": {"anyOf": PART_SCHEMAS}})}
 
 _PART_SCHEMAS: dict[str, RequestPartSchema] = {
     "text": TextPartSchema(),
     "refusal": RefusalPartSchema(),
     "input_audio": AudioPartSchema(),
     "file": FilePartSchema(),
-    **{kind: UrlPartSchema() for kind in ("image_url", "file_url", "pdf_url", "video_url")},
+    **{kind: UrlPartSchema() for kind in _URL_PARTS},
 }
 
 
@@ -184,7 +190,7 @@ class MessageSchema(RequestPartSchema):
     """One chat message; which fields are required depends on `role`."""
 
     role = choice(*ROLES, required=True)
-    content = MessageContent(allow_none=True)
+    content = MessageContent(allow_none=True, metadata=_CONTENT_SHAPE)
     name = string()
     tool_calls = array(nested(ToolCallSchema, allow_none=False))
     tool_call_id = string()

@@ -34,7 +34,7 @@ _PARTS_BY_ROLE = {
 class TextPartSchema(RequestPartSchema):
     """`input_text` / `output_text`: a text part (output_text comes back in assistant history)."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["input_text", "output_text"]})
     text = string(required=True)
     annotations = array(mapping(allow_none=False))
 
@@ -42,14 +42,14 @@ class TextPartSchema(RequestPartSchema):
 class RefusalPartSchema(RequestPartSchema):
     """`{"type": "refusal", "refusal": ...}` in assistant history."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["refusal"]})
     refusal = string(required=True)
 
 
 class ImagePartSchema(RequestPartSchema):
     """`input_image`: an `image_url` (a data URL uploads the image) or a `file_id`."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["input_image"]})
     image_url = string()
     file_id = string()
     detail = choice("low", "high", "auto", "original")
@@ -63,7 +63,7 @@ class ImagePartSchema(RequestPartSchema):
 class FilePartSchema(RequestPartSchema):
     """`input_file`: inline `file_data`, a `file_url` or a `file_id`."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["input_file"]})
     file_data = string()
     file_url = string()
     file_id = string()
@@ -74,6 +74,10 @@ class FilePartSchema(RequestPartSchema):
         if not any(data.get(key) for key in ("file_data", "file_url", "file_id")):
             raise ValidationError("one of 'file_data', 'file_url' or 'file_id' is required.")
 
+
+# For the OpenAPI document (api/docs reads the `any_of` metadata of the fields below).
+PART_SCHEMAS = (TextPartSchema, RefusalPartSchema, ImagePartSchema, FilePartSchema)
+_CONTENT_SHAPE = {"any_of": ({"type": "string"}, {"type": "array", "items": {"anyOf": PART_SCHEMAS}})}
 
 _PART_SCHEMAS: dict[str, RequestPartSchema] = {
     "input_text": TextPartSchema(),
@@ -114,10 +118,10 @@ def _load_list(values: list[Any], load: Any) -> list[dict[str, Any]]:
 class MessageItemSchema(RequestPartSchema):
     """A message item: the easy form `{role, content}` or the typed `{type: "message", role, content: [parts]}`."""
 
-    type = string()
+    type = string(metadata={"enum": ["message"]})
     id = string()
     role = choice(*INPUT_ROLES, required=True)
-    content = fields.Raw(required=True)
+    content = fields.Raw(required=True, metadata=_CONTENT_SHAPE)
     status = string()
 
     @validates_schema
@@ -137,7 +141,7 @@ class MessageItemSchema(RequestPartSchema):
 class FunctionCallItemSchema(RequestPartSchema):
     """A tool call the assistant made in an earlier turn (clients replay them as history)."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["function_call"]})
     id = string()
     call_id = string(required=True)
     name = string(required=True)
@@ -148,10 +152,10 @@ class FunctionCallItemSchema(RequestPartSchema):
 class FunctionCallOutputItemSchema(RequestPartSchema):
     """The result of a tool call, sent back by the client."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["function_call_output", "custom_tool_call_output"]})
     id = string()
     call_id = string(required=True)
-    output = fields.Raw(required=True)
+    output = fields.Raw(required=True, metadata=_CONTENT_SHAPE)
     status = string()
 
     @validates_schema
@@ -169,7 +173,7 @@ class FunctionCallOutputItemSchema(RequestPartSchema):
 class ReasoningItemSchema(RequestPartSchema):
     """Reasoning from an earlier turn; Codex replays it. Accepted, kept in input_items, not sent upstream."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["reasoning"]})
     id = string()
     summary = array(mapping(allow_none=False))
 
@@ -177,7 +181,7 @@ class ReasoningItemSchema(RequestPartSchema):
 class CustomToolCallItemSchema(RequestPartSchema):
     """A custom (freeform) tool call the assistant made in an earlier turn."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["custom_tool_call"]})
     id = string()
     call_id = string(required=True)
     name = string(required=True)
@@ -188,7 +192,7 @@ class CustomToolCallItemSchema(RequestPartSchema):
 class WebSearchCallItemSchema(RequestPartSchema):
     """A web search this server reported in an earlier answer; clients replay their output. Not sent upstream."""
 
-    type = string(required=True)
+    type = string(required=True, metadata={"enum": ["web_search_call"]})
     id = string()
     status = string()
     action = mapping()
@@ -204,6 +208,17 @@ _ITEM_SCHEMAS: dict[str, RequestPartSchema] = {
     # Its result has the shape of a function call's: a call_id and an output (text or parts).
     "custom_tool_call_output": FunctionCallOutputItemSchema(),
 }
+
+
+# The input item kinds, for the OpenAPI document.
+INPUT_ITEM_SCHEMAS = (
+    MessageItemSchema,
+    FunctionCallItemSchema,
+    FunctionCallOutputItemSchema,
+    ReasoningItemSchema,
+    WebSearchCallItemSchema,
+    CustomToolCallItemSchema,
+)
 
 
 def _load_item(item: Any) -> dict[str, Any]:
@@ -321,7 +336,15 @@ class CreateResponseRequestSchema(PerplexityOptionsSchema):
     """`POST /v1/responses`; unknown fields are kept (SDK `extra_body` is how Perplexity options arrive)."""
 
     model = string()
-    input = InputItemsField(required=True)
+    input = InputItemsField(
+        required=True,
+        metadata={
+            "any_of": (
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "items": {"anyOf": INPUT_ITEM_SCHEMAS}},
+            )
+        },
+    )
     instructions = string()
     previous_response_id = string()
     conversation = fields.Raw(
@@ -341,7 +364,7 @@ class CreateResponseRequestSchema(PerplexityOptionsSchema):
     top_p = number(0, 1)
     top_logprobs = integer(validate=validate.Range(0, 20, error="must be between {min} and {max}."))
     tools = array(nested(ToolSchema, allow_none=False))
-    tool_choice = fields.Raw(allow_none=True)
+    tool_choice = fields.Raw(allow_none=True, metadata={"any_of": ({"type": "string"}, {"type": "object"})})
     parallel_tool_calls = boolean()
     text = nested(TextConfigSchema)
     reasoning = nested(ReasoningConfigSchema)
