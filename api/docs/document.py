@@ -95,6 +95,7 @@ class Operation:
     ok_content: dict[str, Any] = field(default_factory=dict)
     ok_alternative: type[Schema] | None = None  # the Anthropic-shaped success of a shared path
     description: str = ""
+    example: dict[str, Any] | None = None  # a request body that works (Swagger UI's "Try it out" starts from it)
 
 
 def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -123,15 +124,23 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/chat/completions", "Create a chat completion", "Chat", ChatCompletionSchema,
         body=ChatCompletionRequestSchema, stream_event=_CHAT_EVENT, errors=_ANSWERING,
+        example={
+            "model": "perplexity-auto",
+            "messages": [{"role": "user", "content": "What changed in Python 3.13?"}],
+            "search_recency_filter": "month",
+            "citation_mode": "markdown",
+        },
         description="With `stream: true`, `chat.completion.chunk` events, then `data: [DONE]`.",
     ),
     Operation(
         "post", "/v1/completions", "Create a (legacy) text completion", "Completions", TextCompletionSchema,
         body=CompletionRequestSchema, stream_event=_TEXT_EVENT, errors=_ANSWERING,
+        example={"model": "perplexity-auto", "prompt": "The three largest moons of Jupiter are"},
     ),
     Operation(
         "post", "/v1/responses", "Create a response", "Responses", ResponseObjectSchema,
         body=CreateResponseRequestSchema, stream_event=_RESPONSE_EVENT, errors=_ANSWERING,
+        example={"model": "perplexity-auto", "input": "Who won the last Tour de France?", "return_images": True},
         description="With `stream: true`, Responses API events; with `background: true`, a queued response.",
     ),
     Operation(
@@ -166,11 +175,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/messages", "Create a message (Anthropic)", "Anthropic", AnthropicMessageResponseSchema,
         body=MessagesRequestSchema, stream_event=_MESSAGE_EVENT, errors=_MESSAGES, anthropic=True,
+        example={"model": "perplexity-auto", "max_tokens": 1024, "messages": [{"role": "user", "content": "Hello"}]},
         description="With `stream: true`, Anthropic's named events (`message_start` ... `message_stop`).",
     ),
     Operation(
         "post", "/v1/messages/count_tokens", "Count a message's input tokens (Anthropic)", "Anthropic",
         TokenCountSchema, body=CountTokensRequestSchema, errors=(400, 401, 404, 408, 413, 415, 429, 500),
+        example={"model": "perplexity-auto", "messages": [{"role": "user", "content": "Hello"}]},
         anthropic=True, description="An estimate (four characters a token); nothing is asked of Perplexity.",
     ),
     Operation(
@@ -320,7 +331,13 @@ def _operation(spec: APISpec, operation: Operation, version: int) -> dict[str, A
     if operation.parameters:
         body["parameters"] = list(operation.parameters)
     if operation.body is not None:
-        content = {"application/json": {"schema": _ref(spec, operation.body)}}
+        content: dict[str, Any] = {"application/json": {"schema": _ref(spec, operation.body)}}
+        if operation.example is not None:
+            examples = {"whole": {"summary": "The whole answer", "value": operation.example}}
+            if operation.stream_event is not None:
+                streamed = {**operation.example, "stream": True}
+                examples["streamed"] = {"summary": "Streamed as server-sent events", "value": streamed}
+            content["application/json"]["examples"] = examples
         body["requestBody"] = {"required": True, "content": content}
     if operation.public:
         body["security"] = []
