@@ -50,7 +50,7 @@ Errors are OpenAI error objects `{"error": {"message", "type", "param", "code"}}
 (`/v1/messages…`, or any request from an Anthropic client: an `anthropic-version` header, a key in `x-api-key`
 alone, or an Anthropic SDK's user agent), which gets Anthropic's `{"type": "error", "error": {"type", "message"}}`
 and 529 `overloaded_error` where others get 502. Once a stream has started, an error arrives as its last event.
-Every response carries `X-Request-ID`."""
+A method a path does not list gets 405 with an `Allow` header. Every response carries `X-Request-ID`."""
 
 # ---- statuses -----------------------------------------------------------------------------------------------
 

@@ -113,6 +113,8 @@ def _from_http(exc: HTTPException) -> APIError:
         message = "The request body must be JSON (Content-Type: application/json)."
     kind = "requests" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
     headers = {}
+    if status == 405 and getattr(exc, "valid_methods", None):  # RFC 9110: a 405 says which methods are allowed
+        headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
     if status == 429:
         headers["retry-after"] = str(getattr(exc, "retry_after", None) or 60)
     return APIError(status, message, kind, _HTTP_CODES.get(status), None, headers)
