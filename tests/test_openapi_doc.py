@@ -20,7 +20,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 _UNDOCUMENTED = re.compile(r"^/(docs|openapi\.json|console|static)(/|$)")
 # A few examples per operation, the same ones every run, no shrinking: the run stays within about a minute.
 _BOUNDED = settings(
-    max_examples=40,
+    max_examples=75,
     derandomize=True,
     database=None,
     deadline=None,

@@ -180,7 +180,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "post", "/v1/messages/count_tokens", "Count a message's input tokens (Anthropic)", "Anthropic",
-        TokenCountSchema, body=CountTokensRequestSchema, errors=(400, 401, 404, 408, 413, 415, 429, 500),
+        TokenCountSchema, body=CountTokensRequestSchema, errors=(400, 401, 403, 404, 408, 413, 415, 429, 500),
         example={"model": "perplexity-auto", "messages": [{"role": "user", "content": "Hello"}]},
         anthropic=True, description="An estimate (four characters a token); nothing is asked of Perplexity.",
     ),
@@ -196,7 +196,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get", "/v1/models/{model_id}", "Retrieve a model", "Models", ModelSchema,
-        ok_alternative=AnthropicModelSchema, errors=(*_READING, 404),
+        ok_alternative=AnthropicModelSchema, errors=(*_READING, 403, 404),
         parameters=(_path("model_id", "A public model id (or an upstream one); may contain `/`."),),
     ),
     Operation(
