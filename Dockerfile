@@ -11,7 +11,7 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
-COPY app.py gunicorn.conf.py mcp_server.py ./
+COPY app.py gunicorn.conf.py mcp_server.py pyproject.toml ./
 COPY api/ api/
 COPY schemas/ schemas/
 COPY perplexity/ perplexity/

@@ -20,7 +20,7 @@ import pytest
 
 from .conftest import ROOT
 
-ENDPOINT_PACKAGES = {"chat", "responses", "completions", "models", "ops", "messages"}
+ENDPOINT_PACKAGES = {"chat", "responses", "completions", "models", "ops", "messages", "console"}
 WEB = {"flask", "werkzeug", "marshmallow", "flask_limiter", "schemas"}
 # What a module above the core may import from the client package.
 CLIENT_SURFACE = {"perplexity", "perplexity.errors", "perplexity.types", "perplexity.stream"}
