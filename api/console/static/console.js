@@ -185,7 +185,7 @@
     $("requests").textContent = String(stats.requests ?? "–");
     $("open-streams").textContent = String(stats.open_streams ?? "–");
     $("conversation-count").textContent = String(stats.conversations ?? "–");
-    $("models-source").textContent = stats.models ? `${stats.models.count} (${stats.models.source})` : "–";
+    $("models-source").textContent = stats.models ? `${stats.models.count} · ${stats.models.source}` : "–";
     if (stats.version) $("server-version").textContent = stats.version;
     renderAccounts(ready.accounts || stats.accounts || []);
     renderUpstreamErrors(stats.upstream_errors || {});
@@ -502,6 +502,7 @@
       $("question").value = "";
       loadConversations();
     }
+    refreshStatus();
     $("question").focus();
   }
 
@@ -567,6 +568,7 @@
       if (!(error instanceof KeyRefused)) $("conversations-message").textContent = error.message;
     } finally {
       loadConversations();
+      refreshStatus();
     }
   }
 
