@@ -277,6 +277,17 @@ def test_a_text_answer_to_a_request_with_tools_keeps_its_list(fake, sdk):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER + LIST
 
 
+def test_a_conversation_sent_back_with_its_list_continues_the_thread(fake, live_server):
+    fake.enqueue(reply(), reply(answer="Yes [1]."))
+    url, body = live_server.url + "/v1/chat/completions", {"model": "perplexity-auto", **FOOTNOTES}
+    first = requests.post(url, json={**body, "messages": ASK}, timeout=20).json()
+    history = [*ASK, first["choices"][0]["message"], {"role": "user", "content": "Sure?"}]
+    second = requests.post(url, json={**body, "messages": history}, timeout=20)
+    assert second.headers["X-Conversation-Continued"] == "true"
+    assert fake.asks[-1].json["params"]["query_source"] == "followup"
+    assert fake.asks[-1].thread == fake.asks[0].thread
+
+
 # ---- legacy completions -----------------------------------------------------------------------------------
 
 
