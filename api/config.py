@@ -31,7 +31,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CITATION_MODES = ("default", "markdown", "clean")
+CITATION_MODES = ("default", "markdown", "clean", "footnotes")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _IMPERSONATE_WORDS = ("auto", "off", "false", "0", "none", "no")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -191,7 +191,8 @@ SETTINGS: tuple[Setting, ...] = (
         check=_model_map,
     ),
     Setting(
-        "DEFAULT_CITATION_MODE", "default", str, "default keeps [n], markdown links them, clean drops them",
+        "DEFAULT_CITATION_MODE", "default", str,
+        "default keeps [n], markdown links them, clean drops them, footnotes adds a list of the sources cited",
         choices=CITATION_MODES,
     ),
     Setting(

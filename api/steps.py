@@ -28,6 +28,7 @@ from .core.errors import APIError
 from .core.service import PreparedAsk
 from .core.sonar import APPROXIMATED_HEADER, source_filter
 from .core.streaming import ClientGone, read_whole
+from .core.tools import AgentSpec
 from .core.turn import ChatTurn, TurnLimits
 from .edge.quotas import check_stream_cap, refuse_stream
 from .edge.sse import client_watcher, error_event
@@ -71,12 +72,14 @@ def json_response(body: Any, headers: dict[str, str] | None = None, status: int 
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
-def turn_limits(body: dict[str, Any]) -> TurnLimits:
-    """The output limits of a chat-shaped body."""
+def turn_limits(body: dict[str, Any], agent: AgentSpec | None = None) -> TurnLimits:
+    """The output limits of a chat-shaped body (`agent`: the request's tools and output format, if any)."""
     stop = body.get("stop")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     mode = body.get("citation_mode") or current_app.config["DEFAULT_CITATION_MODE"]
+    if mode == "footnotes" and agent is not None and agent.output is not None:
+        mode = "default"  # a list of sources after structured output would break its JSON
     return TurnLimits(citation_mode=mode, stops=stops, max_tokens=max_tokens, sources=source_filter(body))
 
 

@@ -42,7 +42,7 @@ def create_chat_completion() -> Response:
     agent = chat_agent_spec(body)
     prepared = service.prepare(body, caller(body), anchor=body.get("conversation_id"), agent=agent)
     naming = ModelNaming(prepared.model.id, prepared.options.model, service.models)  # `model`: what answered
-    meta, turn = replace(completion_meta(prepared, body), naming=naming), ChatTurn(turn_limits(body))
+    meta, turn = replace(completion_meta(prepared, body), naming=naming), ChatTurn(turn_limits(body, agent))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def remember(outcome: AgentOutcome) -> None:

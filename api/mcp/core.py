@@ -51,6 +51,7 @@ class AskOutcome:
     sources: list[dict[str, str]]
     clarifying: list[ClarifyingQuestions]
     continued: bool
+    listed: bool = False  # the answer ends with its own list of sources (citation mode footnotes)
 
 
 class PerplexityTools:
@@ -157,6 +158,7 @@ class PerplexityTools:
             sources=[{"title": s.title, "url": s.url, "snippet": s.snippet} for s in turn.sources],
             clarifying=clarifying,
             continued=prepared.is_follow_up,
+            listed=len(turn.answer) < len(turn.content),
         )
 
     def _failure(self, exc: Exception) -> ToolFailure:

@@ -24,14 +24,19 @@ __all__ = ["build_server", "run"]
 
 SourceName = Literal["web", "academic", "social", "finance"]
 Recency = Literal["hour", "day", "week", "month", "year"]
-CitationMode = Literal["default", "markdown", "clean"]
+CitationMode = Literal["default", "markdown", "clean", "footnotes"]
 # The arguments several tools share, described once (the SDK reads these annotations for the tools' schemas).
 SourcesArg = Annotated[
     list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
 ]
 RecencyArg = Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")]
 CitationArg = Annotated[
-    CitationMode, Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them.")
+    CitationMode | None,
+    Field(
+        description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them, footnotes "
+        "keeps them and ends the answer with a list of the sources it cites; omitted: the server's "
+        "DEFAULT_CITATION_MODE."
+    ),
 ]
 ThreadArg = Annotated[
     str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
@@ -85,7 +90,7 @@ def _sources_text(sources: list[dict[str, str]]) -> str:
 
 def _ask_text(outcome: AskOutcome) -> str:
     parts = [outcome.answer]
-    if outcome.sources:
+    if outcome.sources and not outcome.listed:  # footnotes mode: the answer's own list is the one shown
         parts.append("Sources:\n" + _sources_text(outcome.sources))
     parts.append(f"(thread: {outcome.thread})")
     return "\n\n".join(parts)
@@ -154,7 +159,7 @@ def build_server(app: Flask) -> MCPServer:
         ] = None,
         sources: SourcesArg = None,
         recency: RecencyArg = None,
-        citation_mode: CitationArg = "default",
+        citation_mode: CitationArg = None,
         thread: ThreadArg = None,
     ) -> AskResult:
         caller = _caller(ctx)
@@ -221,7 +226,7 @@ def build_server(app: Flask) -> MCPServer:
         query: Annotated[str, Field(description="The research question or brief.", min_length=1)],
         ctx: Context,
         sources: SourcesArg = None,
-        citation_mode: CitationArg = "default",
+        citation_mode: CitationArg = None,
         thread: ThreadArg = None,
     ) -> ResearchResult:
         caller, progress = _caller(ctx), _progress_sender(ctx)

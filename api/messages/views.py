@@ -88,7 +88,7 @@ def create_message() -> Response:
     headers = {"X-Conversation-ID": prepared.conversation_id, REQUESTED_MODEL_HEADER: meta.model}
     if body["max_tokens"] <= _PROBE_TOKENS:
         return _probe(meta, prepared, stream=bool(body.get("stream")), headers=headers)
-    turn = ChatTurn(turn_limits(chat))
+    turn = ChatTurn(turn_limits(chat, agent))
 
     def done(outcome: AgentOutcome) -> None:
         finished = outcome.turn

@@ -110,7 +110,7 @@ def create_response() -> Response:
     completion = replace(completion_meta(prepared, chat), naming=naming)
     echo = {**echo_fields(body), "background": bool(body.get("background"))}
     meta = ResponseMeta(completion, echo, _search_query(body, prepared))
-    turn = ChatTurn(turn_limits(chat))
+    turn = ChatTurn(turn_limits(chat, agent))
     items, who = stored_items(body["input"]), _owner(body)
 
     def keep(response: dict[str, Any]) -> None:
