@@ -130,6 +130,7 @@ def _access_json(environ, status, sent, request_time, request_id):  # noqa: ANN0
         "ttft_ms": environ.get("pplx.ttft_ms"),
         "account": environ.get("pplx.account"),
         "client": environ.get("REMOTE_ADDR"),
+        "pid": os.getpid(),  # which worker
     }
     return json_line({name: value for name, value in fields.items() if value is not None})
 

@@ -40,6 +40,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which worker
         }
         for name in REQUEST_FIELDS:
             value = getattr(record, name, None)
