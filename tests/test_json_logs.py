@@ -91,8 +91,8 @@ def test_every_line_is_json_and_holds_no_secret(fake, server):
 
 def test_the_formatter_keeps_the_redaction_and_tracebacks(app):
     """In process: the app's root handler masks a key and the token in a message and in a traceback."""
-    from app import _configure_logging
     from api.edge import redact
+    from app import _configure_logging
 
     redact.register(KEY, TOKEN)
     _configure_logging("INFO", "json")

@@ -371,3 +371,70 @@ def test_a_key_added_by_a_reload_is_masked_in_the_log(fake, live_server_factory,
     log = server.log()
     assert "saw *** and *** and ***" in log
     assert added not in log and first not in log and TOKEN not in log
+
+
+# ---- MCP's HTTP mode --------------------------------------------------------------------------------------
+
+
+def test_mcp_http_mode_applies_a_keys_models_and_expiry(fake, tmp_path):
+    import subprocess
+    import sys
+
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from .conftest import ROOT, free_port
+    from .test_mcp import CALL_TIMEOUT, run, server_env, text_of, wait_listening
+
+    narrow, old = new_key(), new_key()
+    path = tmp_path / "keys.json"
+    write_keys(
+        path,
+        [
+            {"key": narrow, "label": "narrow", "models": ["perplexity-sonar"]},
+            {"key": old, "label": "old", "expires": "2020-01-01"},
+        ],
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "mcp_server.py", "--http", "--port", str(port)],
+        cwd=ROOT,
+        env=server_env(fake, API_KEYS_FILE=str(path)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_listening(process, port)
+        url = f"http://127.0.0.1:{port}/mcp"
+        with httpx2.Client(timeout=5) as http:
+            expired = http.post(url, json={}, headers={"Authorization": f"Bearer {old}"})
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+
+        async def call(tool: str, arguments: dict[str, Any]) -> Any:
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {narrow}"}, timeout=CALL_TIMEOUT) as http:
+                async with Client(streamable_http_client(url, http_client=http)) as mcp:
+                    return await mcp.call_tool(tool, arguments)
+
+        async def main() -> None:
+            with anyio.fail_after(CALL_TIMEOUT):
+                refused = await call("perplexity_ask", {"query": "hi", "model": "perplexity-auto"})
+                assert refused.is_error and "not allowed to use the model 'perplexity-auto'" in text_of(refused)
+                research = await call("perplexity_research", {"query": "hi"})
+                assert research.is_error and "perplexity-research" in text_of(research)
+                asks = len(fake.asks)
+                allowed = await call("perplexity_ask", {"query": "hi", "model": "perplexity-sonar"})
+                assert not allowed.is_error, text_of(allowed)
+                assert len(fake.asks) == asks + 1  # the refused calls asked nothing
+
+        run(main)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        process.stderr.close()
