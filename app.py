@@ -17,10 +17,12 @@ from api import register_blueprints
 from api.cli import group as perplexity_cli
 from api.config import SettingError, defaults, load_dotenv_file, settings_from_env, validate
 from api.core.accounts import account_specs
+from api.core.keys import KeyFileError, KeyRing
 from api.edge import quotas, redact
-from api.edge.auth import authenticate, configured_keys
+from api.edge.auth import authenticate, key_ring
 from api.edge.errors import is_anthropic_request
 from api.edge.errors import register as register_errors
+from api.edge.logs import JsonFormatter
 from api.state import ServerState
 from api.state import init_app as init_state
 from perplexity.proxy import proxy_problem
@@ -34,23 +36,34 @@ _PUBLIC_PREFIXES = ("/health", "/metrics", "/stats", "/docs", "/openapi.json", "
 
 
 class _RequestIdFilter(logging.Filter):
-    """Adds the current request id to every log record (`-` outside requests)."""
+    """Adds the current request's id to every log record (`-` outside requests), and for the JSON format its key
+    label (never the key), route (the rule, not the path), method and upstream account."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        if not has_request_context():
+            record.request_id = "-"
+            return True
+        record.request_id = g.get("request_id", "-")
+        entry = g.get("key")
+        record.key = entry.label if entry is not None else None
+        record.route = request.url_rule.rule if request.url_rule else None
+        record.method = request.method
+        record.account = g.get("account")
         return True
 
 
-def _configure_logging(level: str) -> None:
+_TEXT_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s rid=%(request_id)s %(message)s"
+
+
+def _configure_logging(level: str, form: str = "text") -> None:
     root = logging.getLogger()
-    if not any(isinstance(f, _RequestIdFilter) for h in root.handlers for f in h.filters):
+    handler = next((h for h in root.handlers if any(isinstance(f, _RequestIdFilter) for f in h.filters)), None)
+    if handler is None:
         handler = logging.StreamHandler()
         handler.addFilter(_RequestIdFilter())
-        handler.addFilter(redact.RedactFilter())  # no token or key in any line, whoever logs it
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s rid=%(request_id)s %(message)s")
-        )
+        handler.addFilter(redact.RedactFilter())  # no token or key in any line, whoever logs it (before formatting)
         root.handlers = [handler]
+    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(_TEXT_FORMAT))
     root.setLevel(level.upper())
 
 
@@ -75,7 +88,7 @@ def _config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return values
 
 
-def _install_hooks(app: Flask, server: ServerState, keys: tuple[bytes, ...]) -> None:
+def _install_hooks(app: Flask, server: ServerState, keys: KeyRing) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
@@ -90,8 +103,11 @@ def _install_hooks(app: Flask, server: ServerState, keys: tuple[bytes, ...]) -> 
         if is_anthropic_request():  # where the Anthropic SDKs look for it
             response.headers["request-id"] = response.headers["X-Request-ID"]
         route = request.url_rule.rule if request.url_rule else "unmatched"
+        request.environ["pplx.route"] = route  # for the access log (gunicorn.conf.py)
         server.counters[route] += 1
-        server.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        entry = g.get("key")  # a file key's label (or id); every other key is one value: bounded cardinality
+        key = entry.metric if entry is not None else "-"
+        server.metrics.requests.labels(request.method, route, str(response.status_code), key).inc()
         if "started" in g:
             server.metrics.latency.labels(route).observe(time.perf_counter() - g.started)
         return response
@@ -105,16 +121,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(_config(config))
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_REQUEST_BYTES"])
-    _configure_logging(str(app.config["LOG_LEVEL"]))
+    _configure_logging(str(app.config["LOG_LEVEL"]), str(app.config["LOG_FORMAT"]))
     if int(app.config["TRUST_PROXY"]) > 0:
         hops = int(app.config["TRUST_PROXY"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    keys = configured_keys(app.config)
     redact.reset()
+    try:
+        keys = key_ring(app.config)  # registers the file's keys with the redaction, now and on each reload
+    except KeyFileError as exc:
+        raise SettingError(str(exc)) from None
     tokens = [spec.token for spec in account_specs(app.config)]
-    redact.register(app.config.get("PERPLEXITY_SESSION_TOKEN"), *tokens, *(key.decode() for key in keys))
-    if not keys:
-        log.warning("no OPENAI_API_KEY or API_KEYS set: the API is open to anyone who can reach it")
+    redact.register(app.config.get("PERPLEXITY_SESSION_TOKEN"), *tokens, *(key.decode() for key in keys.plain))
+    if keys.table().open:
+        log.warning("no OPENAI_API_KEY, API_KEYS or API_KEYS_FILE set: the API is open to anyone who can reach it")
     if not tokens:
         log.warning("no Perplexity account (PERPLEXITY_SESSION_TOKEN, ..._TOKENS or ACCOUNTS_FILE): /v1 requests fail")
     server = init_state(app)

@@ -2,15 +2,19 @@
 
 import os
 import sys
+import time
 
 from gunicorn.glogging import Logger  # gunicorn itself, not the app: safe before patching
 
-from api.config import SettingError, gunicorn_settings, load_dotenv_file  # stdlib only: safe before patching
+# stdlib (and orjson) only: safe before patching
+from api.config import SettingError, app_setting, gunicorn_settings, load_dotenv_file
+from api.edge.logs import JsonFormatter, json_line, timestamp
 
 # .env first, so a PORT (or any setting) there counts here too, not only in the app that loads later.
 load_dotenv_file()
 try:
     _env = gunicorn_settings(os.environ)
+    _json_logs = app_setting("LOG_FORMAT", os.environ) == "json"
 except SettingError as exc:
     sys.stderr.write(f"error: {exc}\n")
     raise SystemExit(1) from None
@@ -59,14 +63,23 @@ preload_app = False
 #   logger_class - gunicorn's logger with a leaner access line (below): the same fields as
 #       '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s' without building gunicorn's
 #       dict of every header per request (several times cheaper).
-#       ACCESS_LOG=false turns the access log off.
+#       ACCESS_LOG=false turns the access log off. With LOG_FORMAT=json each access record is one JSON object
+#       (client, method, route, path, status, bytes, ms, time to first token, request id, key label, account),
+#       and gunicorn's own lines (start-up, workers) are JSON too.
 accesslog = "-" if _env["ACCESS_LOG"] else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").strip().lower()
 
 
 class AccessLogger(Logger):
-    """One access line per request: client, request line, status, bytes sent, milliseconds, request id."""
+    """One access line per request: client, request line, status, bytes sent, milliseconds, request id, and the
+    key's label when a key was used (never the key); one JSON object instead with LOG_FORMAT=json."""
+
+    def setup(self, cfg):  # noqa: ANN001, ANN201 - gunicorn's signature
+        super().setup(cfg)
+        if _json_logs:  # gunicorn's own lines (booting, workers, errors) as JSON too
+            for handler in self.error_log.handlers:
+                handler.setFormatter(JsonFormatter())
 
     def access(self, resp, req, environ, request_time):  # noqa: ANN001, ANN201 - gunicorn's signature
         if not self.access_log_enabled:
@@ -78,8 +91,12 @@ class AccessLogger(Logger):
                 break
         status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
         sent = resp.sent if getattr(resp, "sent", None) is not None else "-"
+        if _json_logs:
+            self.access_log.info("%s", _access_json(environ, status, sent, request_time, request_id))
+            return
+        key = environ.get("pplx.key")  # the label api.edge.auth recorded
         self.access_log.info(
-            '%s "%s %s %s" %s %s %dms rid=%s',
+            '%s "%s %s %s" %s %s %dms rid=%s' + (" key=%s" if key else "%s"),
             environ.get("REMOTE_ADDR", "-"),
             environ["REQUEST_METHOD"],
             _redacted(environ["RAW_URI"]),
@@ -88,7 +105,34 @@ class AccessLogger(Logger):
             sent,
             request_time.total_seconds() * 1000,
             request_id,
+            key or "",
         )
+
+
+def _access_json(environ, status, sent, request_time, request_id):  # noqa: ANN001, ANN202
+    """The access record as one JSON line: the fields the app recorded in the environ (api.edge.auth, app.py,
+    api.steps) beside gunicorn's."""
+    method, path = environ["REQUEST_METHOD"], _redacted(environ["RAW_URI"])
+    status = int(status) if str(status).isdigit() else status
+    fields = {
+        "timestamp": timestamp(time.time()),
+        "level": "INFO",
+        "logger": "gunicorn.access",
+        "message": f"{method} {path} {status}",
+        "request_id": request_id if request_id != "-" else None,
+        "key": environ.get("pplx.key"),
+        "route": environ.get("pplx.route"),
+        "method": method,
+        "path": path,
+        "status": status,
+        "bytes": sent if sent != "-" else None,
+        "duration_ms": round(request_time.total_seconds() * 1000, 1),
+        "ttft_ms": environ.get("pplx.ttft_ms"),
+        "account": environ.get("pplx.account"),
+        "client": environ.get("REMOTE_ADDR"),
+        "pid": os.getpid(),  # which worker
+    }
+    return json_line({name: value for name, value in fields.items() if value is not None})
 
 
 def _redacted(uri: str) -> str:

@@ -7,7 +7,8 @@
   thread rule for every endpoint family.
 - `stores/`: conversations and stored responses (records and interfaces, memory, Redis) and the token file.
 - `chat/`, `responses/`, `messages/` (Anthropic's API), `completions/`, `models/`, `ops/`: one package per
-  endpoint family, each a blueprint; `docs/`: the OpenAPI document and Swagger UI, generated from `schemas/`.
+  endpoint family, each a blueprint; `docs/`: the OpenAPI document and Swagger UI, generated from `schemas/`;
+  `console/`: the browser console at /console (template, script, styles).
 - `steps`: the view steps the answering families share (body, limits, stream slots, opening the upstream, the
   one stream-failure path); `state`: the worker's shared state; `config`: every setting, validated.
 
@@ -27,7 +28,7 @@ __all__ = ["register_blueprints"]
 
 def register_blueprints(app: Flask) -> None:
     """Register every endpoint family's blueprint."""
-    from . import chat, completions, docs, messages, models, ops, responses
+    from . import chat, completions, console, docs, messages, models, ops, responses
 
-    for family in (chat, responses, messages, completions, models, ops, docs):
+    for family in (chat, responses, messages, completions, models, ops, docs, console):
         app.register_blueprint(family.bp)

@@ -21,6 +21,7 @@ __all__ = [
     "SETTINGS",
     "Setting",
     "SettingError",
+    "app_setting",
     "defaults",
     "gunicorn_settings",
     "load_dotenv_file",
@@ -31,7 +32,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CITATION_MODES = ("default", "markdown", "clean")
+CITATION_MODES = ("default", "markdown", "clean", "footnotes")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _IMPERSONATE_WORDS = ("auto", "off", "false", "0", "none", "no")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -185,13 +186,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PERPLEXITY_INCOGNITO", True, bool, "Keep asks out of the account's library"),
     Setting("OPENAI_API_KEY", None, str, "Key clients must send as Bearer token (one key)", True),
     Setting("API_KEYS", None, str, "Comma-separated keys clients may send (several callers)", True),
+    Setting(
+        "API_KEYS_FILE", None, str,
+        "A JSON file of keys with a policy each (label, models, rpm, streams, expires), re-read when it changes",
+    ),  # fmt: skip
     Setting("DEFAULT_MODEL", "perplexity-auto", str, "Model used when a request names none"),
     Setting(
         "ANTHROPIC_MODEL_MAP", None, str, "Anthropic model names to serve as which model: pattern=model, ...",
         check=_model_map,
     ),
     Setting(
-        "DEFAULT_CITATION_MODE", "default", str, "default keeps [n], markdown links them, clean drops them",
+        "DEFAULT_CITATION_MODE", "default", str,
+        "default keeps [n], markdown links them, clean drops them, footnotes adds a list of the sources cited",
         choices=CITATION_MODES,
     ),
     Setting(
@@ -291,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a background response outlives the worker running it before a poll marks it failed", minimum=1,
     ),  # fmt: skip
     Setting("LOG_LEVEL", "INFO", str, "Python log level", check=_log_level),
+    Setting(
+        "LOG_FORMAT", "text", str, "text (one key=value line) or json (one JSON object per line, access log too)",
+        choices=("text", "json"),
+    ),
 )  # fmt: skip
 
 # Read by gunicorn.conf.py in the master; not Flask config.
@@ -361,6 +371,14 @@ def validate(values: Mapping[str, Any], settings: Iterable[Setting] = SETTINGS) 
         why = setting.problem(values.get(setting.name, setting.default))
         if why is not None:
             raise SettingError(f"{setting.name} {why}")
+
+
+def app_setting(name: str, environ: Mapping[str, str]) -> Any:
+    """One app setting read from `environ` and checked (for gunicorn.conf.py, which reads LOG_FORMAT too)."""
+    setting = next(s for s in SETTINGS if s.name == name)
+    values = {name: setting.default} | _read((setting,), environ)
+    validate(values, (setting,))
+    return values[name]
 
 
 def gunicorn_settings(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -6,7 +6,10 @@ import functools
 import logging
 import threading
 import time
+import tomllib
 from collections import Counter
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
@@ -29,7 +32,7 @@ from .stores.redis_store import redis_reachable
 from .stores.streams import StreamLeases, open_stream_leases
 from .stores.token_file import TokenFile
 
-__all__ = ["ServerState", "init_app", "state"]
+__all__ = ["ServerState", "init_app", "server_version", "state"]
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +250,23 @@ def _configured_token(value: Any) -> str | None:
         return normalize_session_token(str(value)) if value else None
     except ValueError:
         return None
+
+
+_DISTRIBUTION = "perplexity-openai-server"
+
+
+@functools.cache
+def server_version() -> str:
+    """The server's version: the installed package's metadata, else pyproject.toml beside the code; no network."""
+    try:
+        return metadata.version(_DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a checkout or the image: not pip-installed
+        pass
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as file:
+            return str(tomllib.load(file)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
 
 
 def init_app(app: Flask) -> ServerState:

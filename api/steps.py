@@ -28,7 +28,9 @@ from .core.errors import APIError
 from .core.service import PreparedAsk
 from .core.sonar import APPROXIMATED_HEADER, source_filter
 from .core.streaming import ClientGone, read_whole
+from .core.tools import AgentSpec
 from .core.turn import ChatTurn, TurnLimits
+from .edge.auth import check_model, stream_cap
 from .edge.quotas import check_stream_cap, refuse_stream
 from .edge.sse import client_watcher, error_event
 from .state import ServerState, state
@@ -40,6 +42,7 @@ __all__ = [
     "completion_meta",
     "json_body",
     "json_response",
+    "permit_model",
     "turn_limits",
 ]
 
@@ -71,12 +74,14 @@ def json_response(body: Any, headers: dict[str, str] | None = None, status: int 
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
-def turn_limits(body: dict[str, Any]) -> TurnLimits:
-    """The output limits of a chat-shaped body."""
+def turn_limits(body: dict[str, Any], agent: AgentSpec | None = None) -> TurnLimits:
+    """The output limits of a chat-shaped body (`agent`: the request's tools and output format, if any)."""
     stop = body.get("stop")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     mode = body.get("citation_mode") or current_app.config["DEFAULT_CITATION_MODE"]
+    if mode == "footnotes" and agent is not None and agent.output is not None:
+        mode = "default"  # a list of sources after structured output would break its JSON
     return TurnLimits(citation_mode=mode, stops=stops, max_tokens=max_tokens, sources=source_filter(body))
 
 
@@ -89,11 +94,21 @@ def completion_meta(prepared: PreparedAsk, body: dict[str, Any]) -> CompletionMe
     )
 
 
+def permit_model(asked: str | None) -> None:
+    """403 `model_not_allowed` when the request's key may not use the model `asked` selects (DEFAULT_MODEL when
+    none), before anything is prepared; an unknown id is left to the usual 404."""
+    server = state()
+    model = server.models.resolve(asked or str(server.config["DEFAULT_MODEL"]))
+    if model is not None:
+        check_model(asked, model.id)
+
+
 # ---- streams ----------------------------------------------------------------------------------------------
 
 
 class StreamSlot:
-    """One of the caller's MAX_CONCURRENT_STREAMS, reserved before any I/O; `release` gives it back exactly once.
+    """One of the caller's `cap` streams (its key's `streams`, else MAX_CONCURRENT_STREAMS), reserved before any
+    I/O; `release` gives it back exactly once.
 
     The worker's own count is checked and taken with no I/O in between (greenlets switch only on I/O), so a burst
     cannot slip past the cap within a worker. With Redis (`server.stream_leases`) the slot is then leased in the
@@ -103,9 +118,8 @@ class StreamSlot:
 
     __slots__ = ("_server", "_caller", "_lease", "_held")
 
-    def __init__(self, server: ServerState, caller: str) -> None:
+    def __init__(self, server: ServerState, caller: str, cap: int) -> None:
         self._held = False  # first, so a refused slot's finalizer finds nothing to give back
-        cap = int(server.config["MAX_CONCURRENT_STREAMS"])
         check_stream_cap(server.streams_by_caller[caller], cap, server.metrics)
         server.stream_opened(caller)
         self._server, self._caller, self._lease, self._held = server, caller, None, True
@@ -156,10 +170,12 @@ def _account_failed(server: ServerState, prepared: PreparedAsk, exc: BaseExcepti
 
 
 def _stream_hooks(server: ServerState, prepared: PreparedAsk) -> StreamHooks:
-    started = g.started
+    started, environ = g.started, request.environ
 
     def first_token() -> None:
-        server.metrics.ttft.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        server.metrics.ttft.observe(elapsed)
+        environ["pplx.ttft_ms"] = round(elapsed * 1000, 1)  # for the access log (gunicorn.conf.py)
 
     def failed(exc: BaseException) -> None:
         # The one place a stream failure is counted and logged (the client gets its family's error event).
@@ -225,6 +241,7 @@ def _account_headers(server: ServerState, prepared: PreparedAsk) -> dict[str, st
     if account is None:
         return headers
     headers["x-perplexity-account"] = account.label
+    g.account = request.environ["pplx.account"] = account.label  # for the log lines and the access log
     if account.quota is not None:
         left = [f"{name}={mode.remaining}" for name, mode in account.quota.modes.items() if mode.remaining is not None]
         if left:
@@ -260,7 +277,8 @@ def answer(
     stream that breaks ends with `fail(exc)`, the family's closing error event (`data: {"error": ...}` by default).
     """
     server = state()
-    slot = StreamSlot(server, g.get("caller", "")) if stream is not None else None
+    cap = stream_cap(int(server.config["MAX_CONCURRENT_STREAMS"]))
+    slot = StreamSlot(server, g.get("caller", ""), cap) if stream is not None else None
     try:
         upstream = server.service.open(prepared)  # errors before the first byte get a real status
     except BaseException:

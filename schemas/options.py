@@ -14,7 +14,7 @@ __all__ = [
     "WebSearchOptionsSchema",
 ]
 
-CITATION_MODES = ("default", "markdown", "clean")
+CITATION_MODES = ("default", "markdown", "clean", "footnotes")
 
 
 class ApproximateLocationSchema(RequestPartSchema):

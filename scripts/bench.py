@@ -6,6 +6,7 @@
     python scripts/bench.py --json out.json
     python scripts/bench.py --phases agent    # tool-call vs text answers only (not part of the default run)
     python scripts/bench.py --phases messages # Anthropic Messages vs chat streams only (not in the default run)
+    python scripts/bench.py --plot     # the default phases + concurrency, then PNGs into docs/bench/ (bench_plot.py)
 
 Everything runs on 127.0.0.1: the fake upstream in its own process, gunicorn (`app:app`, one gevent worker) pointed
 at it, and the measuring client in this process. Five figures, each beside the issue's target and the seed's value:
@@ -15,7 +16,8 @@ run through the "stack floor" (bench_floor.py: a minimal Flask + requests pass-t
 settings; --no-floor skips it), so the report can tell the stack's cost from our code's. An opt-in sixth phase
 (--phases agent) measures what answering with a tool call adds over a text answer of the same upstream stream, an
 opt-in seventh (--phases messages) what POST /v1/messages adds over chat completions in latency and in worker CPU
-per streamed chunk.
+per streamed chunk, an eighth (--phases concurrency, and with --plot) latency and throughput against concurrent
+clients, for the fake called directly, the server and the floor.
 See scripts/README.md.
 Speeds are noisy on a small shared machine: read the ratios and the side-by-side differences, not the absolutes.
 """
@@ -33,6 +35,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 import requests  # noqa: E402
 from bench_herd import Herd  # noqa: E402
+from bench_plot import plot  # noqa: E402
 from bench_procs import HOST, ChildProcess, FakeProcess, Gunicorn, cpu_seconds, raise_nofile, require_loopback  # noqa: E402
 from bench_replay import offline_breakdown  # noqa: E402
 from bench_report import TARGET, details, machine, table  # noqa: E402
@@ -64,8 +68,12 @@ COOKIE = "__Secure-next-auth.session-token"
 DEFAULT_PHASES = ("latency", "ttft", "cpu", "streams", "release")
 # Opt-in phases, run only when named (--phases agent,messages): `agent` (tool-call vs text answers) and `messages`
 # (Anthropic Messages streams vs chat streams).
-PHASES = (*DEFAULT_PHASES, "agent", "messages")
-FLOOR_PHASES = ("latency", "ttft", "cpu")  # the phases that also measure the stack floor (bench_floor.py)
+# `concurrency` (latency and throughput as concurrent clients grow) runs when named, and with --plot.
+PHASES = (*DEFAULT_PHASES, "agent", "messages", "concurrency")
+PLOT_PHASES = (*DEFAULT_PHASES, "concurrency")  # what --plot runs unless --phases says otherwise
+# The phases that also measure the stack floor (bench_floor.py).
+FLOOR_PHASES = ("latency", "ttft", "cpu", "concurrency")
+PLOT_DIR = ROOT / "docs" / "bench"
 FLOOR_APP = "bench_floor:app"
 STAGGER = 10  # release phase: batches the streams are opened in, across one heartbeat interval
 
@@ -92,6 +100,9 @@ class Plan:
     agent_block: int = 10  # agent phase: requests per CPU block
     messages_rounds: int = 1000  # messages phase: interleaved rounds of its four request kinds (latency)
     messages_cpu_rounds: int = 8  # messages phase: rounds of one chat and one messages stream (CPU per frame)
+    levels: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # concurrency phase: concurrent clients per side
+    burst: int = 40  # concurrency phase: requests per burst (at least 4 per client)
+    bursts: int = 4  # concurrency phase: bursts per side and level
 
 
 QUICK = {
@@ -109,6 +120,8 @@ QUICK = {
     "agent_cpu_rounds": 10,
     "messages_rounds": 300,
     "messages_cpu_rounds": 4,
+    "levels": (1, 4, 16),
+    "bursts": 2,
 }
 
 
@@ -855,7 +868,8 @@ class Bench:
     def run(self) -> dict[str, Any]:
         self.fake = FakeProcess(TOKEN, nofile=max(2 * self.plan.streams + 1000, 8192))
         self.direct = Direct(self.fake.url, TOKEN)
-        first = [p for p in ("latency", "ttft", "cpu", "agent", "messages", "release") if p in self.phases]
+        order = ("latency", "ttft", "cpu", "concurrency", "agent", "messages", "release")
+        first = [p for p in order if p in self.phases]
         if first and self.setup(first, self.fake.url):
             if self.use_floor and set(first) & set(FLOOR_PHASES):
                 self.start_floor(self.fake.url)
@@ -1223,6 +1237,8 @@ class Bench:
                 "worker_rss_with_mib": round(rss1 / 2**20, 1),
                 "kib_per_stream": round((rss1 - rss0) / 1024 / held, 1) if held else None,
                 "kib_per_stream_slope": slope_kib(checkpoints),
+                # (streams answered, worker RSS MiB) as the streams opened, the last with all of them held.
+                "rss_checkpoints": [[n, round(rss / 2**20, 2)] for n, rss in checkpoints],
                 "worker_fds_per_stream": round((fds1 - fds0) / held, 2) if held else None,
                 "heartbeat_window_s": window,
                 "worker_cpu_pct_holding": round(idle_cpu / window * 100, 1),
@@ -1309,20 +1325,8 @@ class Bench:
         for _ in range(max(5, plan.warmup // 5)):
             for kind in kinds:
                 agent.call(kind)
-        total: dict[str, list[float]] = {kind: [] for kind in kinds}
-        first: dict[str, list[float]] = {kind: [] for kind in kinds if kind.endswith("_stream")}
         end = time.monotonic() + self.left(plan.phase_seconds)
-        t0 = time.perf_counter()
-        rounds = 0
-        while rounds < plan.agent_rounds and time.monotonic() < end:
-            k = rounds % len(kinds)
-            for kind in kinds[k:] + kinds[:k]:
-                elapsed, to_first = agent.call(kind)
-                total[kind].append(elapsed)
-                if to_first is not None:
-                    first[kind].append(to_first)
-            rounds += 1
-        wall = time.perf_counter() - t0
+        total, first, rounds, wall = rotating_rounds(agent.call, kinds, plan.agent_rounds, end)
         # Worker CPU per request of each kind, in blocks (one per kind and round).
         cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
         cpu_end = time.monotonic() + self.left(plan.phase_seconds / 2)
@@ -1390,20 +1394,8 @@ class Bench:
         for _ in range(max(5, plan.warmup // 5)):
             for kind in kinds:
                 client.call(kind)
-        total: dict[str, list[float]] = {kind: [] for kind in kinds}
-        first: dict[str, list[float]] = {kind: [] for kind in kinds if kind.endswith("_stream")}
         end = time.monotonic() + self.left(plan.phase_seconds)
-        t0 = time.perf_counter()
-        rounds = 0
-        while rounds < plan.messages_rounds and time.monotonic() < end:
-            k = rounds % len(kinds)
-            for kind in kinds[k:] + kinds[:k]:
-                elapsed, to_first = client.call(kind)
-                total[kind].append(elapsed)
-                if to_first is not None:
-                    first[kind].append(to_first)
-            rounds += 1
-        wall = time.perf_counter() - t0
+        total, first, rounds, wall = rotating_rounds(client.call, kinds, plan.messages_rounds, end)
         self.fake.reset()
         names = ("chat", "messages")
         result: dict[str, Any] = {
@@ -1477,6 +1469,99 @@ class Bench:
             "messages_client": client_side("messages_stream"),
         }
 
+    # ---- 8. latency and throughput against concurrent clients (with --plot, or --phases concurrency) ----------
+
+    def phase_concurrency(self) -> dict[str, Any]:
+        """Non-streamed completions (the short answer) from 1, 2, 4, ... concurrent clients: the fake called
+        directly, the server and the stack floor. Per level, `bursts` rounds of one burst per side (rotating which
+        side goes first); a burst is `level` threads, each with its own keep-alive session, each making at least 4
+        requests (`burst` in all). Per side and level: p50/p99 of every request's latency, and the median of the
+        bursts' throughput (requests over the burst's wall time)."""
+        assert self.fake is not None and self.server is not None
+        plan = self.plan
+        self.fake.set_reply(Reply(answer=SHORT_ANSWER, chunk_size=1000))
+        end = time.monotonic() + self.left(2 * plan.phase_seconds)
+        rows: list[dict[str, Any]] = []
+        try:
+            for level in plan.levels:
+                if time.monotonic() > end:
+                    break
+                rows.append(self.concurrency_level(level, end))
+        finally:
+            self.fake.reset()
+        return {"levels": [row["clients"] for row in rows], "by_level": rows, "bursts_per_level": plan.bursts}
+
+    def concurrency_level(self, level: int, end: float) -> dict[str, Any]:
+        """One level of the concurrency phase (see phase_concurrency); the floor is dropped if it fails."""
+        assert self.fake is not None and self.server is not None
+        per_client = max(4, -(-self.plan.burst // level))
+        clients: dict[str, list[Any]] = {
+            "direct": [Direct(self.fake.url, TOKEN) for _ in range(level)],
+            "server": [Api(self.server.url, API_KEY) for _ in range(level)],
+        }
+        if self.floor is not None:
+            clients["floor"] = [Floor(self.floor.url, API_KEY) for _ in range(level)]
+        samples: dict[str, list[float]] = {name: [] for name in clients}
+        rates: dict[str, list[float]] = {name: [] for name in clients}
+
+        def client_run(caller: Any) -> list[float]:
+            return [caller.whole() for _ in range(per_client)]
+
+        try:
+            with ThreadPoolExecutor(max_workers=level) as pool:
+                for side in clients.values():  # warm up: every client's connection open
+                    list(pool.map(lambda c: c.whole(), side))
+                for i in range(self.plan.bursts):
+                    if time.monotonic() > end and i >= 1:
+                        break
+                    names = list(clients)
+                    k = i % len(names)
+                    for name in names[k:] + names[:k]:
+                        if name not in clients:
+                            continue
+                        t0 = time.perf_counter()
+                        try:
+                            results = list(pool.map(client_run, clients[name]))
+                        except Exception as exc:
+                            if name != "floor":
+                                raise
+                            self.floor_failed(exc)
+                            del clients["floor"], samples["floor"], rates["floor"]
+                            continue
+                        wall = time.perf_counter() - t0
+                        samples[name].extend(x for r in results for x in r)
+                        rates[name].append(level * per_client / wall)
+        finally:
+            for side in clients.values():
+                for caller in side:
+                    caller.session.close()
+        row: dict[str, Any] = {"clients": level, "requests_per_client": per_client}
+        for name, values in samples.items():
+            row[name] = {**summary_ms(values), "rps": round(statistics.median(rates[name]), 1)}
+        return row
+
+
+def rotating_rounds(
+    call: Callable[[str], tuple[float, float | None]], kinds: list[str], rounds: int, end: float
+) -> tuple[dict[str, list[float]], dict[str, list[float]], int, float]:
+    """Up to `rounds` rounds (until monotonic `end`) of one `call(kind)` per kind, rotating which kind goes first
+    so every kind sees the same noise in every position. `call` returns (seconds in all, seconds to the first
+    token or None). Returns the totals and the first-token times per kind (the latter for the `_stream` kinds),
+    the rounds run and the wall time."""
+    total: dict[str, list[float]] = {kind: [] for kind in kinds}
+    first: dict[str, list[float]] = {kind: [] for kind in kinds if kind.endswith("_stream")}
+    t0 = time.perf_counter()
+    done = 0
+    while done < rounds and time.monotonic() < end:
+        k = done % len(kinds)
+        for kind in kinds[k:] + kinds[:k]:
+            elapsed, to_first = call(kind)
+            total[kind].append(elapsed)
+            if to_first is not None:
+                first[kind].append(to_first)
+        done += 1
+    return total, first, done, time.perf_counter() - t0
+
 
 def side_by_side(direct: list[float], server: list[float], floor: list[float] | None = None) -> dict[str, Any]:
     """Latency summaries of both sides plus the added p50/p99 and the p50 ratio; with `floor` (the stack floor's
@@ -1518,10 +1603,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
     parser.add_argument(
         "--phases",
-        default=",".join(DEFAULT_PHASES),
-        help=f"comma-separated subset of {','.join(PHASES)} (default: all but agent and messages, which run only "
-        "when named)",
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all but agent, messages and concurrency, "
+        f"which run only when named; with --plot: {','.join(PLOT_PHASES)})",
     )
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        const=str(PLOT_DIR),
+        metavar="DIR",
+        help="also write the figures as PNGs into DIR (default docs/bench/); runs the concurrency phase too",
+    )
+    parser.add_argument(
+        "--plot-from", metavar="JSON", help="only draw the figures of an earlier --json report (into --plot's DIR)"
+    )
+    parser.add_argument("--levels", help="concurrency phase: comma-separated client counts (default 1,2,4,8,16,32)")
     parser.add_argument("--requests", type=int, help="non-streamed requests per side")
     parser.add_argument("--ttft", type=int, help="streamed requests per side for time to first token")
     parser.add_argument("--frames", type=int, help="upstream frames per stream in the CPU phase")
@@ -1592,16 +1687,27 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise SystemExit("counts out of range (requests/streams <= 20000, frames <= 10000)")
     if not 0 < plan.agent_rounds <= 20000 or not 0 < plan.messages_rounds <= 20000:
         raise SystemExit("counts out of range (agent and messages rounds <= 20000)")
+    if args.levels:
+        plan.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    if not plan.levels or not all(0 < n <= 256 for n in plan.levels):
+        raise SystemExit("concurrency levels out of range (1 to 256 clients)")
     return plan
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot_from:
+        for path in plot(json.loads(Path(args.plot_from).read_text()), Path(args.plot or PLOT_DIR)):
+            print(path)
+        return 0
     plan = make_plan(args)
-    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    chosen = args.phases or ",".join(PLOT_PHASES if args.plot else DEFAULT_PHASES)
+    phases = [p.strip() for p in chosen.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if "concurrency" in phases and args.budget is None:
+        plan.budget += 2 * plan.phase_seconds  # the phase's own cap, on top of the default run's
     if (ROOT / ".env").exists():
         print("note: .env exists and the app loads it; settings the bench sets explicitly still win", file=sys.stderr)
     # This process holds one socket per stream; the children raise their own limits (2 per stream + margin).
@@ -1646,6 +1752,9 @@ def main(argv: list[str] | None = None) -> int:
     profile = ((results.get("cpu") or {}).get("offline_breakdown") or {}).get("profile")
     if profile:
         print(profile, file=out)
+    if args.plot:
+        for path in plot(report, Path(args.plot)):
+            print(f"figure: {path}", file=out)
     if args.json:
         text = json.dumps(report, indent=2, default=str)
         if args.json == "-":

@@ -6,7 +6,18 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["SEED", "STAGES", "TARGET", "agent_lines", "details", "floor_line", "machine", "messages_lines", "table"]
+__all__ = [
+    "SEED",
+    "STAGES",
+    "TARGET",
+    "agent_lines",
+    "concurrency_lines",
+    "details",
+    "floor_line",
+    "machine",
+    "messages_lines",
+    "table",
+]
 
 # The issue's requirement, and the seed's figures measured on the same rig (quoted in scripts/README.md).
 TARGET = {"added_ms": 1.0, "ttft_added_ms": 1.5, "cpu_us": 20.0, "streams": 5000, "kib": 64.0, "release_extra_s": 1.0}
@@ -240,6 +251,7 @@ def details(results: dict[str, Any]) -> str:
             out.append(f"cpu offline replay: {b.get('error')}")
     out.extend(agent_lines(results.get("agent")))
     out.extend(messages_lines(results.get("messages")))
+    out.extend(concurrency_lines(results.get("concurrency")))
     s = results.get("streams") or {}
     if "held" in s:
         fin = s.get("release_all_fin") or {}
@@ -255,6 +267,23 @@ def details(results: dict[str, Any]) -> str:
         if s.get("first_error"):
             out.append(f"streams: first error: {s['first_error']}")
     return "\n".join(out)
+
+
+def concurrency_lines(r: dict[str, Any] | None) -> list[str]:
+    """The concurrency phase: per level of concurrent clients, each side's p50/p99 and throughput."""
+    if not r:
+        return []
+    if "error" in r or "skipped" in r:
+        return [f"concurrency: {r.get('error') or r.get('skipped')}"]
+    out = ["concurrency: non-streamed completions, per side p50 / p99 ms and requests/s (median of bursts):"]
+    for row in r["by_level"]:
+        cells = [
+            f"{side} {row[side]['p50_ms']} / {row[side]['p99_ms']} ms, {row[side]['rps']}/s"
+            for side in ("direct", "server", "floor")
+            if side in row
+        ]
+        out.append(f"concurrency:   {row['clients']:>3} clients  " + "; ".join(cells))
+    return out
 
 
 def agent_lines(r: dict[str, Any] | None) -> list[str]:

@@ -97,7 +97,7 @@ def test_annotation_titles_fall_back_to_the_url():
     assert [a["url_citation"]["title"] for a in renderer.annotations] == ["Sky", "https://grass.example/(green)"]
 
 
-@pytest.mark.parametrize("mode", ["default", "markdown", "clean"])
+@pytest.mark.parametrize("mode", ["default", "markdown", "clean", "footnotes"])
 def test_out_of_range_markers_are_untouched_and_not_annotated(mode):
     renderer = CitationRenderer(mode, SOURCES)
     text = "zero [0], four [4], big [999], long [1234]."
@@ -105,7 +105,7 @@ def test_out_of_range_markers_are_untouched_and_not_annotated(mode):
     assert renderer.annotations == []
 
 
-@pytest.mark.parametrize("mode", ["default", "markdown", "clean"])
+@pytest.mark.parametrize("mode", ["default", "markdown", "clean", "footnotes"])
 def test_existing_links_code_and_reference_definitions_are_not_markers(mode):
     text = "See [1](https://x.example) and `a[1]` and\n```py\nx = y[2]\n```\n[3]: https://ref.example\n"
     renderer = CitationRenderer(mode, SOURCES)
@@ -193,7 +193,7 @@ def test_annotations_fit_the_openai_chat_completion_schema():
 
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="citation mode"):
-        CitationRenderer("footnotes")
+        CitationRenderer("endnotes")
 
 
 # ---- chunking invariance ----------------------------------------------------------------------
@@ -212,7 +212,7 @@ def chunkings(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(case=chunkings(), mode=st.sampled_from(["default", "markdown", "clean"]))
+@given(case=chunkings(), mode=st.sampled_from(["default", "markdown", "clean", "footnotes"]))
 def test_any_chunking_gives_the_same_output_and_annotations(case, mode):
     text, pieces = case
     whole = CitationRenderer(mode, SOURCES[:2])

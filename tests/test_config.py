@@ -110,7 +110,7 @@ def test_gunicorn_refuses_to_start_on_a_bad_setting_with_one_line(fake):
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "error: DEFAULT_CITATION_MODE must be one of default, markdown, clean, not 'markdwn'" in output
+    assert "error: DEFAULT_CITATION_MODE must be one of default, markdown, clean, footnotes, not 'markdwn'" in output
     assert "Traceback" not in output and fake.asks == []
 
 

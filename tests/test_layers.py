@@ -20,7 +20,7 @@ import pytest
 
 from .conftest import ROOT
 
-ENDPOINT_PACKAGES = {"chat", "responses", "completions", "models", "ops", "messages", "docs"}
+ENDPOINT_PACKAGES = {"chat", "responses", "completions", "models", "ops", "messages", "docs", "console"}
 WEB = {"flask", "werkzeug", "marshmallow", "flask_limiter", "schemas"}
 # What a module above the core may import from the client package.
 CLIENT_SURFACE = {"perplexity", "perplexity.errors", "perplexity.types", "perplexity.stream"}

@@ -217,7 +217,7 @@ def test_metrics_parse_and_move_with_traffic(fake, live_server_factory):
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="perplexity-auto", messages=USER)
     after = _samples(server)
-    route = ("method", "POST"), ("route", "/v1/chat/completions"), ("status", "200")
+    route = ("key", "-"), ("method", "POST"), ("route", "/v1/chat/completions"), ("status", "200")
     assert after[("pplx_http_requests_total", route)] - before.get(("pplx_http_requests_total", route), 0) == 2
     assert after[("pplx_upstream_errors_total", (("kind", "cloudflare"),))] == 1
     assert after[("pplx_time_to_first_token_seconds_count", ())] >= 1

@@ -17,7 +17,7 @@ from ..core.tools import chat_agent_spec
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
 from ..state import state
-from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
+from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, permit_model, turn_limits
 from .chunks import chat_chunks
 
 if TYPE_CHECKING:
@@ -38,11 +38,12 @@ _deleted_schema = ConversationDeletedSchema()
 def create_chat_completion() -> Response:
     """Answer a chat with Perplexity, streamed or whole."""
     body = _schema.load(json_body())
+    permit_model(body.get("model"))
     service = state().service
     agent = chat_agent_spec(body)
     prepared = service.prepare(body, caller(body), anchor=body.get("conversation_id"), agent=agent)
     naming = ModelNaming(prepared.model.id, prepared.options.model, service.models)  # `model`: what answered
-    meta, turn = replace(completion_meta(prepared, body), naming=naming), ChatTurn(turn_limits(body))
+    meta, turn = replace(completion_meta(prepared, body), naming=naming), ChatTurn(turn_limits(body, agent))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def remember(outcome: AgentOutcome) -> None:

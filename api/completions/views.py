@@ -30,7 +30,7 @@ from ..core.turn import ChatTurn
 from ..edge.auth import caller
 from ..edge.sse import DONE, PING, encode
 from ..state import state
-from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
+from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, permit_model, turn_limits
 
 if TYPE_CHECKING:
     from perplexity.stream import AskStream
@@ -43,6 +43,7 @@ _schema = CompletionRequestSchema()
 
 def _prepare(body: dict[str, Any]) -> tuple[PreparedAsk, dict[str, Any]]:
     """Prepare the prompt as a one-message chat on a new thread (no anchor, never remembered)."""
+    permit_model(body.get("model"))
     chat = {**body, "messages": [{"role": "user", "content": body["prompt"]}]}
     try:
         return state().service.prepare(chat, caller(body)), chat

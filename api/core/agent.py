@@ -73,10 +73,11 @@ class AgentOutcome:
 
 
 def raw_answer(turn: ChatTurn) -> str:
-    """The answer as Perplexity wrote it (citation markers intact), which the protocol reader reads."""
+    """The answer as Perplexity wrote it (citation markers intact, no footnotes list), which the protocol reader
+    reads."""
     if turn.completed is not None and turn.completed.final_answer:
         return turn.completed.final_answer
-    return turn.content
+    return turn.answer
 
 
 def read_answer(turn: ChatTurn, spec: AgentSpec) -> tuple[AgentOutcome | None, str | None, str]:
@@ -179,7 +180,7 @@ class AnswerGate:
         if self.released:
             return pieces
         out = [piece for piece in pieces if piece.kind != "content"]
-        if not self._to_the_end and any(piece.kind == "content" for piece in pieces) and self._is_text(turn.content):
+        if not self._to_the_end and any(piece.kind == "content" for piece in pieces) and self._is_text(turn.answer):
             self.released = True
             out.append(Piece("content", turn.content))
         return out

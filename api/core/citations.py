@@ -6,10 +6,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
-__all__ = ["MODES", "CitationRenderer", "CitedSource"]
+__all__ = ["FOOTNOTES_HEADING", "MODES", "CitationRenderer", "CitedSource", "footnotes"]
 
-MODES = ("default", "markdown", "clean")
+MODES = ("default", "markdown", "clean", "footnotes")
+# Modes that leave the markers as Perplexity wrote them (footnotes only adds a list after the answer).
+_KEEP_MARKERS = ("default", "footnotes")
+FOOTNOTES_HEADING = "Sources:"
 
 # A backtick run (code spans/fences switch marker detection off), or a marker. The one space before a marker
 # is checked by hand: a leading optional group made the regex try every position.
@@ -47,15 +51,17 @@ class _Mark:
 class CitationRenderer:
     """Rewrite an answer's `[n]` markers as it streams and collect url_citation annotations for it.
 
-    Modes: `default` keeps markers, `markdown` turns `[n]` into `[n](url)`, `clean` removes them. A marker whose
-    `n` has no source is left as it is in every mode. Markers inside code spans and fenced code are not markers.
-    Feeding a text in any chunking gives the same output and annotations as feeding it whole.
+    Modes: `default` keeps markers, `markdown` turns `[n]` into `[n](url)`, `clean` removes them, `footnotes` keeps
+    them as `default` does (its list of sources is `footnotes()`, appended by the turn once the answer is over). A
+    marker whose `n` has no source is left as it is in every mode. Markers inside code spans and fenced code are not
+    markers. Feeding a text in any chunking gives the same output and annotations as feeding it whole.
     """
 
     def __init__(self, mode: str = "default", sources: Sequence[CitedSource] = ()) -> None:
         if mode not in MODES:
             raise ValueError(f"citation mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._mode = mode
+        self._keeps = mode in _KEEP_MARKERS
         self._sources: tuple[CitedSource, ...] = tuple(sources)
         self._tail = _CLEAN_TAIL if mode == "clean" else _TAIL
         # The last characters a held tail can end with; "" is an empty buffer.
@@ -138,6 +144,17 @@ class CitationRenderer:
                 found.append(source)
         return index, found
 
+    def cited(self, size: int) -> list[tuple[int, CitedSource]]:
+        """(number, source) for each marker number cited within the first `size` characters emitted, once each,
+        by number: what footnotes mode lists. A marker with no source is not listed."""
+        found: dict[int, CitedSource] = {}
+        for mark in self._marks:
+            if mark.end <= size and mark.number not in found:
+                source = mark.source or self._lookup(mark.number)
+                if source is not None:
+                    found[mark.number] = source
+        return sorted(found.items(), key=lambda item: item[0])
+
     # ---- scanning -------------------------------------------------------------------------------
 
     # Default mode never changes the text, so `_scan` only records marks and code/line state; tests compare it
@@ -146,7 +163,7 @@ class CitationRenderer:
 
     def _process(self, text: str, lookahead: str | None) -> str:
         # `lookahead` is the character after `text` (None at the end of the answer).
-        if self._fast and self._mode == "default" and self._renumber is None:
+        if self._fast and self._keeps and self._renumber is None:
             return self._scan(text, lookahead)
         if "[" not in text and "`" not in text and not self._carry:  # most chunks: nothing to rewrite
             out: list[str] = []
@@ -248,7 +265,7 @@ class CitationRenderer:
                 return
             number, label = renumbered, str(renumbered)
         source = self._lookup(number)
-        if source is None or self._mode == "default":
+        if source is None or self._keeps:
             self._emit(out, space)
             self._emit_marker(out, f"[{label}]", number, None)
         elif self._mode == "markdown":
@@ -306,9 +323,62 @@ class CitationRenderer:
             position += 1
 
 
+def footnotes(answer: str, cited: Sequence[tuple[int, CitedSource]]) -> str:
+    """The text footnotes mode appends to `answer`: a blank line, `Sources:`, then `- [n] [title](url)` for each
+    cited source (`CitationRenderer.cited`); empty when nothing is cited.
+
+    A bullet list, not `1.`: Markdown renumbers an ordered list from its first item, and a marker's number must
+    stay its entry's number when some numbers are never cited. An answer cut inside a code fence (a length
+    limit) has the fence closed first, so the list is not shown as code."""
+    if not cited:
+        return ""
+    fence = _open_fence(answer)
+    if fence:
+        lead = ("" if answer.endswith("\n") else "\n") + fence + "\n\n"
+    else:
+        lead = "\n" * max(0, 2 - (len(answer) - len(answer.rstrip("\n")))) if answer else ""
+    lines = [f"- [{number}] [{_link_text(_label(source))}]({_link_target(source.url)})" for number, source in cited]
+    return lead + FOOTNOTES_HEADING + "\n" + "\n".join(lines)
+
+
+def _label(source: CitedSource) -> str:
+    # Perplexity gives a source without a title its URL as title: the host reads better.
+    title = " ".join(source.title.split())
+    if title and title != source.url:
+        return title
+    return urlsplit(source.url).hostname or source.url
+
+
+# What could end or take over a link's text: brackets, a backtick (a code span binds tighter than a link), an
+# angle bracket (an autolink or HTML tag), and the backslash that escapes them.
+_TEXT_UNSAFE = re.compile(r"([\\`\[\]<>])")
+# What would end a link destination early or be read otherwise: whitespace, controls, parentheses, angle
+# brackets, a backslash.
+_URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f()<>\\]")
+# A fenced code block's opening or closing line (CommonMark: up to three spaces, then 3+ backticks or tildes).
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
+
+
+def _link_text(text: str) -> str:
+    return _TEXT_UNSAFE.sub(r"\\\1", text)
+
+
 def _link_target(url: str) -> str:
-    # A space or an unbalanced parenthesis would end a Markdown link destination early.
-    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+    # Percent-encoded, a space or an unbalanced parenthesis can no longer end the Markdown link destination early.
+    return _URL_UNSAFE.sub(lambda match: quote(match.group(), safe=""), url)
+
+
+def _open_fence(text: str) -> str:
+    """The fence (its backtick or tilde run) a Markdown text ends inside, or ""."""
+    fence = ""
+    for match in _FENCE_LINE.finditer(text):
+        run, rest = match.groups()
+        if not fence:
+            if not (run[0] == "`" and "`" in rest):  # a backtick in the info string: not a fence
+                fence = run
+        elif run[0] == fence[0] and len(run) >= len(fence) and not rest.strip():
+            fence = ""
+    return fence
 
 
 def _annotation(start: int, end: int, source: CitedSource) -> dict[str, Any]:

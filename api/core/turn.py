@@ -21,7 +21,7 @@ from perplexity.types import (
     TitleUpdate,
 )
 
-from .citations import CitationRenderer
+from .citations import CitationRenderer, footnotes
 from .sonar import SourceFilter
 from .stop import StopScanner
 
@@ -75,6 +75,7 @@ class ChatTurn:
         self.completed: Completed | None = None
         self.finish_reason: str | None = None
         self._numbers: dict[int, int | None] | None = None  # marker renumbering after filtering, see set_sources
+        self._answer_end: int | None = None  # footnotes mode: where the answer ends and its list of sources starts
 
     @property
     def content(self) -> str:
@@ -82,6 +83,12 @@ class ChatTurn:
         if len(self._parts) > 1:
             self._parts = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
+
+    @property
+    def answer(self) -> str:
+        """The content without the list of sources footnotes mode appended (what the agent readers read)."""
+        content = self.content
+        return content if self._answer_end is None else content[: self._answer_end]
 
     @property
     def stop_sequence(self) -> str | None:
@@ -132,7 +139,7 @@ class ChatTurn:
         self._renderer = CitationRenderer(self.limits.citation_mode)
         self._renderer.set_sources(self.sources, self._numbers)
         self._stopper = StopScanner(self.limits.stops)
-        self._parts, self._length, self.finish_reason = [], 0, None
+        self._parts, self._length, self.finish_reason, self._answer_end = [], 0, None, None
         self._content(self._renderer.feed(answer) + self._renderer.flush())
         self._finish_content()
 
@@ -180,8 +187,26 @@ class ChatTurn:
         pieces = self._content(self._stopper.flush(), final=True)
         if self.finish_reason is None:
             self.finish_reason = "stop"
+            pieces += self._footnotes()
             pieces.append(Piece("finish", "stop"))
         return pieces
+
+    def _footnotes(self) -> list[Piece]:
+        """Footnotes mode, once the answer is over: the list of the sources it cites, as the last content.
+
+        It names the sources cited in the content handed out (after a stop sequence or a length cut too) and is
+        not cut by max_tokens, though it counts in usage like all content. It is left out when it would hold one
+        of the request's stop sequences: the content never holds one."""
+        if self.limits.citation_mode != "footnotes" or self._answer_end is not None:
+            return []
+        answer = self.content
+        self._answer_end = len(answer)
+        text = footnotes(answer, self._renderer.cited(self._length))
+        stops = self.limits.stops
+        if not text or (stops and any(stop in answer[-len(stop) :] + text for stop in stops if stop)):
+            return []
+        self._parts.append(text)
+        return [Piece("content", text)]
 
     def _content(self, text: str, *, final: bool = False) -> list[Piece]:
         if not text or self.finish_reason is not None:
@@ -198,5 +223,6 @@ class ChatTurn:
             self._length += len(text)
             pieces.append(Piece("content", text))
         if self.finish_reason is not None:
+            pieces += self._footnotes()
             pieces.append(Piece("finish", self.finish_reason))
         return pieces

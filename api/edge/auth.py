@@ -1,20 +1,22 @@
-"""API keys: who may call, and the caller identity that scopes conversations and quotas."""
+"""API keys: who may call, the caller identity that scopes conversations and quotas, and each key's policy."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flask import g, request
 
+from ..core.keys import KeyEntry, KeyRing
+from . import redact
 from .errors import APIError
 
-__all__ = ["authenticate", "caller", "configured_keys"]
+__all__ = ["authenticate", "caller", "check_model", "configured_keys", "key_entry", "key_ring", "stream_cap"]
 
 log = logging.getLogger(__name__)
+
+_SHOWN_MODEL = 100  # characters of a model id a 403 repeats
 
 
 def configured_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
@@ -27,38 +29,77 @@ def configured_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def _key_id(key: bytes) -> str:
-    return "key:" + hashlib.sha256(key).hexdigest()[:16]
+def key_ring(config: Mapping[str, Any]) -> KeyRing:
+    """The keys of OPENAI_API_KEY / API_KEYS and API_KEYS_FILE (KeyFileError when the file cannot be used); every
+    key the file lists, now or after a reload, is masked in logs and errors from then on."""
+    return KeyRing(
+        configured_keys(config),
+        config.get("API_KEYS_FILE"),
+        on_load=lambda keys: redact.register(*(key.decode() for key in keys)),
+    )
 
 
 def _client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def authenticate(keys: tuple[bytes, ...]) -> None:
-    """Check the key (Bearer, else x-api-key; constant time) and record the caller on `g`; 401 when it does not
-    match."""
-    if not keys:
-        g.caller = "ip:" + _client_address()
-        return
+def _offered() -> bytes:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     offered = token.strip().encode() if scheme.lower() == "bearer" else b""
     if not offered:  # Anthropic clients send the key as x-api-key (Claude Code's ANTHROPIC_API_KEY)
         offered = request.headers.get("x-api-key", "").strip().encode()
-    # Compare against every key so the time taken does not tell which one (or how much) matched.
-    matched = None
-    for key in keys:
-        if hmac.compare_digest(offered, key) and matched is None:
-            matched = key
-    if matched is None:
+    return offered
+
+
+def authenticate(ring: KeyRing) -> None:
+    """Check the key (Bearer, else x-api-key; looked up by digest, constant time) and record the caller and the
+    key's entry on `g`; 401 when it matches no key or has expired."""
+    table = ring.table()
+    if table.open:
+        g.caller = "ip:" + _client_address()
+        return
+    offered = _offered()
+    entry = table.lookup(offered)
+    if entry is None:
         message = (
             "Incorrect API key provided."
             if offered
             else "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')."
         )
         raise APIError(401, message, "invalid_request_error", "invalid_api_key")
-    g.caller = _key_id(matched)
+    request.environ["pplx.key"] = entry.label  # for the access log (gunicorn.conf.py)
+    g.key = entry
+    if entry.expired():
+        when = entry.expires.strftime("%Y-%m-%dT%H:%M:%SZ") if entry.expires else ""
+        message = f"This API key expired at {when}; ask for a new one."
+        raise APIError(401, message, "invalid_request_error", "invalid_api_key")
+    g.caller = entry.caller
+
+
+def key_entry() -> KeyEntry | None:
+    """The request's key (None on an open server or a public path)."""
+    return g.get("key")
+
+
+def check_model(asked: str | None, resolved: str) -> None:
+    """403 `model_not_allowed` unless the request's key may use the model: the id it asked for (an alias, a Sonar
+    or Anthropic name) or the public id that resolved to matches one of the key's `models`."""
+    entry = key_entry()
+    if entry is None or entry.allows(asked, resolved):
+        return
+    name = asked or resolved
+    shown = name if len(name) <= _SHOWN_MODEL else name[:_SHOWN_MODEL] + "…"
+    raise APIError(
+        403, f"This API key is not allowed to use the model '{shown}'.", "permission_error", "model_not_allowed",
+        param="model",
+    )  # fmt: skip
+
+
+def stream_cap(default: int) -> int:
+    """The caller's concurrent stream cap: its key's `streams`, else MAX_CONCURRENT_STREAMS (0: no cap)."""
+    entry = key_entry()
+    return entry.streams if entry is not None and entry.streams is not None else default
 
 
 def caller(body: Mapping[str, Any] | None = None) -> str:

@@ -19,8 +19,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "pplx_http_requests",
-            "HTTP requests by route and status",
-            ["method", "route", "status"],
+            "HTTP requests by route, status and key (API_KEYS_FILE's label; '-' for any other key or none)",
+            ["method", "route", "status", "key"],
             registry=self.registry,
         )
         self.latency = Histogram(

@@ -1,4 +1,5 @@
-"""Quotas: requests per minute per caller (flask-limiter) and a cap on each caller's concurrent streams."""
+"""Quotas: requests per minute per caller (flask-limiter; a key's own `rpm` from API_KEYS_FILE replaces
+REQUESTS_PER_MINUTE for it) and a cap on each caller's concurrent streams."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ EXEMPT_PREFIXES = ("/health", "/metrics", "/docs", "/openapi.json", "/console") 
 def _caller_key() -> str:
     # Set by authentication, which runs first: the API key's id, or the client address when open.
     return g.get("caller") or request.remote_addr or "unknown"
+
+
+def _key_rpm() -> int | None:
+    entry = g.get("key")  # set by authentication (api.edge.auth)
+    return entry.rpm if entry is not None else None
 
 
 def _storage_options(uri: str) -> dict[str, Any]:
@@ -55,15 +61,27 @@ class _FallbackLimiter(Limiter):
 
 
 def init_app(app: Flask, metrics: Any) -> Limiter | None:
-    """Install the per-caller request quota when ENABLE_RATE_LIMITING is on."""
-    if not app.config["ENABLE_RATE_LIMITING"]:
+    """Install the per-caller request quota when ENABLE_RATE_LIMITING is on, or when API_KEYS_FILE may give a key
+    its own `rpm` (that applies whether or not ENABLE_RATE_LIMITING is on: the file asked for it explicitly)."""
+    enabled = bool(app.config["ENABLE_RATE_LIMITING"])
+    if not enabled and not app.config.get("API_KEYS_FILE"):
         return None
+    default = int(app.config["REQUESTS_PER_MINUTE"])
+
+    def limit() -> str:
+        return f"{_key_rpm() or default} per minute"
+
+    def exempt() -> bool:
+        return request.path.startswith(EXEMPT_PREFIXES) or (not enabled and _key_rpm() is None)
+
     uri = str(app.config["RATELIMIT_STORAGE_URI"])
     limiter = _FallbackLimiter(
         _caller_key,
-        # One budget per caller across every route (default_limits would count each route apart).
-        application_limits=[f"{int(app.config['REQUESTS_PER_MINUTE'])} per minute"],
-        application_limits_exempt_when=lambda: request.path.startswith(EXEMPT_PREFIXES),
+        # One budget per caller across every route (default_limits would count each route apart), read per
+        # request: a key's rpm changes with the file. The storage key names the amount, so a changed rpm counts
+        # afresh.
+        application_limits=[limit],
+        application_limits_exempt_when=exempt,
         storage_uri=uri,
         storage_options=_storage_options(uri),
         strategy="moving-window",

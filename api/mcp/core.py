@@ -12,6 +12,7 @@ from flask import Flask
 from perplexity.errors import PerplexityError
 from perplexity.types import AnswerDelta, ClarifyingQuestions, ReasoningDelta
 
+from ..core.keys import KeyEntry
 from ..core.turn import ChatTurn, TurnLimits
 from ..edge import redact
 from ..edge.errors import to_api_error
@@ -51,6 +52,7 @@ class AskOutcome:
     sources: list[dict[str, str]]
     clarifying: list[ClarifyingQuestions]
     continued: bool
+    listed: bool = False  # the answer ends with its own list of sources (citation mode footnotes)
 
 
 class PerplexityTools:
@@ -72,6 +74,7 @@ class PerplexityTools:
         caller: str,
         query: str,
         *,
+        key: KeyEntry | None = None,
         model: str | None = None,
         sources: list[str] | None = None,
         recency: str | None = None,
@@ -81,12 +84,22 @@ class PerplexityTools:
         fast: bool = False,
     ) -> AskOutcome:
         """Ask Perplexity (a follow-up on `thread` when it names a conversation this caller had); ToolFailure with
-        the HTTP API's message on any error."""
+        the HTTP API's message on any error, or when `key`'s model list leaves the model out."""
         with self.app.app_context():
             try:
+                self._permit(key, model)
                 return self._ask(caller, query, model, sources, recency, citation_mode, thread, progress, fast)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a tool error, as every one is an HTTP error
                 raise self._failure(exc) from exc
+
+    def _permit(self, key: KeyEntry | None, model: str | None) -> None:
+        """The HTTP API's rule (api.edge.auth.check_model): the id asked for or the one it resolves to."""
+        if key is None:
+            return
+        resolved = self.server.models.resolve(model or str(self.server.config["DEFAULT_MODEL"]))
+        if not key.allows(model, resolved.id if resolved is not None else None):
+            name = (model or str(self.server.config["DEFAULT_MODEL"]))[:100]
+            raise ToolFailure(f"This API key is not allowed to use the model '{name}'.")
 
     def quota(self) -> list[dict[str, Any]]:
         """Each account's state and quota, exactly as GET /v1/quota lists them (refreshed when stale)."""
@@ -157,6 +170,7 @@ class PerplexityTools:
             sources=[{"title": s.title, "url": s.url, "snippet": s.snippet} for s in turn.sources],
             clarifying=clarifying,
             continued=prepared.is_follow_up,
+            listed=len(turn.answer) < len(turn.content),
         )
 
     def _failure(self, exc: Exception) -> ToolFailure:

@@ -3,8 +3,6 @@
 # No `from __future__ import annotations`: the SDK evaluates the tools' annotations, which name locals (the model
 # list in a description) that a string annotation could not resolve.
 
-import hashlib
-import hmac
 import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -17,27 +15,34 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from ..edge.auth import configured_keys
+from ..core.keys import KeyEntry, KeyRing
+from ..edge.auth import key_ring
 from .core import RESEARCH_MODEL, SEARCH_MODEL, AskOutcome, PerplexityTools, ToolFailure, clarifying_text
 
 __all__ = ["build_server", "run"]
 
 SourceName = Literal["web", "academic", "social", "finance"]
 Recency = Literal["hour", "day", "week", "month", "year"]
-CitationMode = Literal["default", "markdown", "clean"]
+CitationMode = Literal["default", "markdown", "clean", "footnotes"]
 # The arguments several tools share, described once (the SDK reads these annotations for the tools' schemas).
 SourcesArg = Annotated[
     list[SourceName] | None, Field(description="Where to search: web (default), academic, social, finance.")
 ]
 RecencyArg = Annotated[Recency | None, Field(description="Only sources from the last hour/day/week/...")]
 CitationArg = Annotated[
-    CitationMode, Field(description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them.")
+    CitationMode | None,
+    Field(
+        description="default keeps [n] markers, markdown makes them [n](url) links, clean drops them, footnotes "
+        "keeps them and ends the answer with a list of the sources it cites; omitted: the server's "
+        "DEFAULT_CITATION_MODE."
+    ),
 ]
 ThreadArg = Annotated[
     str | None, Field(description="A thread id an earlier call returned, to continue it as a follow-up.")
 ]
 
 _STDIO_CALLER = "mcp:stdio"
+_SCOPE_KEY = "pplx.key"  # the ASGI scope entry where BearerAuth leaves the matched key's entry
 
 
 class SourceItem(BaseModel):
@@ -85,7 +90,7 @@ def _sources_text(sources: list[dict[str, str]]) -> str:
 
 def _ask_text(outcome: AskOutcome) -> str:
     parts = [outcome.answer]
-    if outcome.sources:
+    if outcome.sources and not outcome.listed:  # footnotes mode: the answer's own list is the one shown
         parts.append("Sources:\n" + _sources_text(outcome.sources))
     parts.append(f"(thread: {outcome.thread})")
     return "\n\n".join(parts)
@@ -96,18 +101,18 @@ def _error(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
-def _caller(ctx: Context) -> str:
-    """Who asks: over HTTP the API key, as the HTTP API names it (so conversations are scoped alike); stdio's one
-    local user otherwise."""
+def _caller(ctx: Context) -> tuple[str, KeyEntry | None]:
+    """Who asks, and with which key: over HTTP the key BearerAuth matched, named as the HTTP API names it (so
+    conversations are scoped alike), or the address on an open server; stdio's one local user otherwise."""
     request = getattr(ctx.request_context, "request", None)
-    headers = getattr(request, "headers", None)
-    if headers is None:
-        return _STDIO_CALLER
-    scheme, _, token = (headers.get("authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+    scope = getattr(request, "scope", None)
+    if scope is None:
+        return _STDIO_CALLER, None
+    entry = scope.get(_SCOPE_KEY)
+    if entry is not None:
+        return entry.caller, entry
     client = getattr(request, "client", None)
-    return "ip:" + (client.host if client else "unknown")
+    return "ip:" + (client.host if client else "unknown"), None
 
 
 def _progress_sender(ctx: Context) -> Callable[[float, str], None]:
@@ -154,15 +159,16 @@ def build_server(app: Flask) -> MCPServer:
         ] = None,
         sources: SourcesArg = None,
         recency: RecencyArg = None,
-        citation_mode: CitationArg = "default",
+        citation_mode: CitationArg = None,
         thread: ThreadArg = None,
     ) -> AskResult:
-        caller = _caller(ctx)
+        caller, key = _caller(ctx)
         try:
             outcome = await blocking(
                 lambda: tools.ask(
                     caller,
                     query,
+                    key=key,
                     model=model,
                     sources=sources,
                     recency=recency,
@@ -195,10 +201,12 @@ def build_server(app: Flask) -> MCPServer:
         sources: SourcesArg = None,
         recency: RecencyArg = None,
     ) -> SearchResult:
-        caller = _caller(ctx)
+        caller, key = _caller(ctx)
         try:
             outcome = await blocking(
-                lambda: tools.ask(caller, query, model=SEARCH_MODEL, sources=sources, recency=recency, fast=True)
+                lambda: tools.ask(
+                    caller, query, key=key, model=SEARCH_MODEL, sources=sources, recency=recency, fast=True
+                )
             )
         except ToolFailure as exc:
             return _error(exc.message)  # type: ignore[return-value]
@@ -221,15 +229,16 @@ def build_server(app: Flask) -> MCPServer:
         query: Annotated[str, Field(description="The research question or brief.", min_length=1)],
         ctx: Context,
         sources: SourcesArg = None,
-        citation_mode: CitationArg = "default",
+        citation_mode: CitationArg = None,
         thread: ThreadArg = None,
     ) -> ResearchResult:
-        caller, progress = _caller(ctx), _progress_sender(ctx)
+        (caller, key), progress = _caller(ctx), _progress_sender(ctx)
         try:
             outcome = await blocking(
                 lambda: tools.ask(
                     caller,
                     query,
+                    key=key,
                     model=RESEARCH_MODEL,
                     sources=sources,
                     citation_mode=citation_mode,
@@ -273,27 +282,31 @@ def build_server(app: Flask) -> MCPServer:
 
 
 class BearerAuth:
-    """ASGI middleware: the HTTP API's keys (OPENAI_API_KEY / API_KEYS) as Bearer tokens; open when none is set."""
+    """ASGI middleware: the HTTP API's keys (OPENAI_API_KEY / API_KEYS / API_KEYS_FILE, re-read as the HTTP API
+    re-reads it) as Bearer tokens; open when none is set. The matched key's entry goes into the scope, for its
+    model list; an expired key is refused as on the HTTP API."""
 
-    def __init__(self, app: Any, keys: tuple[bytes, ...]) -> None:
+    def __init__(self, app: Any, keys: KeyRing) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.keys:
+        table = self.keys.table()
+        if scope["type"] != "http" or table.open:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         offered = token.strip().encode() if scheme.lower() == "bearer" else b""
-        matched = False
-        for key in self.keys:  # every key compared, so the time taken does not tell which one matched
-            matched = hmac.compare_digest(offered, key) or matched
-        if matched:
+        entry = table.lookup(offered)  # by digest: the time taken does not tell which key matched
+        if entry is not None and not entry.expired():
+            scope[_SCOPE_KEY] = entry
             await self.app(scope, receive, send)
             return
         # The same messages and error object as the HTTP API's 401.
         message = "Incorrect API key provided." if offered else "Missing API key: send 'Authorization: Bearer <key>'."
+        if entry is not None:
+            message = "This API key has expired; ask for a new one."
         body = json.dumps(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
         ).encode()
@@ -315,5 +328,5 @@ def run(app: Flask, *, http: bool = False, host: str = "127.0.0.1", port: int = 
         return
     import uvicorn  # the SDK's own HTTP server dependency
 
-    asgi = BearerAuth(server.streamable_http_app(host=host), configured_keys(app.config))
+    asgi = BearerAuth(server.streamable_http_app(host=host), key_ring(app.config))
     uvicorn.run(asgi, host=host, port=port, log_level=str(app.config.get("LOG_LEVEL") or "info").lower())

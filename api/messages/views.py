@@ -23,7 +23,7 @@ from ..core.modelmap import PublicModel
 from ..core.service import PreparedAsk
 from ..core.tools import AgentSpec, anthropic_agent_spec
 from ..core.turn import ChatTurn, count_tokens
-from ..edge.auth import caller
+from ..edge.auth import caller, check_model
 from ..edge.sse import encode
 from ..state import ServerState, state
 from ..steps import StreamHooks, answer, json_body, json_response, turn_limits
@@ -50,6 +50,7 @@ def _model(server: ServerState, name: str) -> PublicModel:
     if model is None:
         shown = name if len(name) <= 100 else name[:100] + "…"
         raise APIError(404, f"model: {shown}", code="model_not_found", param="model")
+    check_model(name, model.id)  # the Anthropic name asked for, or the model it maps to
     return model
 
 
@@ -88,7 +89,7 @@ def create_message() -> Response:
     headers = {"X-Conversation-ID": prepared.conversation_id, REQUESTED_MODEL_HEADER: meta.model}
     if body["max_tokens"] <= _PROBE_TOKENS:
         return _probe(meta, prepared, stream=bool(body.get("stream")), headers=headers)
-    turn = ChatTurn(turn_limits(chat))
+    turn = ChatTurn(turn_limits(chat, agent))
 
     def done(outcome: AgentOutcome) -> None:
         finished = outcome.turn

@@ -2,6 +2,8 @@
 
 In the OpenAI shape, or in Anthropic's for an Anthropic client (`api.edge.errors.is_anthropic_request`): the
 same path serves both families, as Claude Code's model discovery and `anthropic.Anthropic().models` call it.
+A key restricted to some models (API_KEYS_FILE's `models`) sees only those: the list leaves the others out and
+one of them is a 404 like an unknown id, as OpenAI answers for a project restricted to some models.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from flask import Blueprint, Response, request
 
 from schemas import ModelListSchema, ModelSchema
 
+from ..core.modelmap import PublicModel
+from ..edge.auth import key_entry
 from ..edge.errors import APIError, is_anthropic_request
 from ..state import state
 from ..steps import json_response
@@ -24,8 +28,8 @@ _MAX_LIMIT = 1000  # Anthropic's page size cap (Claude Code asks for limit=1000)
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    """Every public model id: the aliases, then one per upstream model."""
-    models = state().models.models()
+    """Every public model id the key may use: the aliases, then one per upstream model."""
+    models = _visible(state().models.models())
     if is_anthropic_request():
         return json_response(_anthropic_page([m.anthropic() for m in models]))
     return json_response(_list_schema.dump({"object": "list", "data": [m.openai() for m in models]}))
@@ -35,12 +39,19 @@ def list_models() -> Response:
 def retrieve_model(model_id: str) -> Response:
     """One model, or a 404 error object."""
     model = state().models.resolve(model_id)
-    if model is None:
+    entry = key_entry()
+    if model is None or (entry is not None and not entry.allows(model_id, model.id)):
         shown = model_id if len(model_id) <= 100 else model_id[:100] + "…"
         raise APIError(404, f"The model '{shown}' does not exist.", code="model_not_found", param="model")
     if is_anthropic_request():
         return json_response(model.anthropic())
     return json_response(_model_schema.dump(model.openai()))
+
+
+def _visible(models: list[PublicModel]) -> list[PublicModel]:
+    """The models the request's key may use (all of them without a key or a model list)."""
+    entry = key_entry()
+    return models if entry is None else [model for model in models if entry.allows(model.id)]
 
 
 def _anthropic_page(items: list[dict[str, object]]) -> dict[str, object]:
@@ -75,6 +86,6 @@ def refresh_models() -> Response:
         "refreshed": refreshed,
         "source": server.models_source,
         "error": server.models_error,
-        "data": [m.openai() for m in server.models.models()],
+        "data": [m.openai() for m in _visible(server.models.models())],
     }
     return json_response(body)

@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, Response
 
 from .. import lifecycle
-from ..state import state
+from ..state import server_version, state
 from ..steps import json_response
 
 __all__ = ["bp"]
@@ -50,10 +50,11 @@ def ready() -> Response:
 
 @bp.get("/stats")
 def stats() -> Response:
-    """Counters for humans: uptime, requests, streams, conversations, model list source, upstream errors."""
+    """Counters for humans: version, uptime, requests, streams, conversations, model list source, upstream errors."""
     server = state()
     return json_response(
         {
+            "version": server_version(),
             "uptime": round(time.time() - server.started, 1),
             "requests": sum(server.counters.values()),
             "requests_by_route": dict(server.counters),

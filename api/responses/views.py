@@ -20,7 +20,7 @@ from ..core.tools import AgentSpec, responses_agent_spec
 from ..core.turn import ChatTurn
 from ..edge.auth import caller
 from ..state import ServerState, state
-from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, turn_limits
+from ..steps import StreamHooks, answer, completion_meta, json_body, json_response, permit_model, turn_limits
 from ..stores.records import StoredResponse
 from . import background
 from .events import ResponseEvents, response_events
@@ -64,6 +64,7 @@ def _prepare(server: ServerState, body: dict[str, Any], agent: AgentSpec | None)
     The previous response anchors the turn to its conversation (the thread rule, `api.core.continuity`); its chain
     is the history sent when that thread has to be started again. Instructions are not carried over.
     """
+    permit_model(body.get("model"))  # before the stored chain is read (a background response too)
     who = _owner(body)
     previous_id = body.get("previous_response_id")
     previous = _stored(server, previous_id, who, "previous_response_id") if previous_id else None
@@ -110,7 +111,7 @@ def create_response() -> Response:
     completion = replace(completion_meta(prepared, chat), naming=naming)
     echo = {**echo_fields(body), "background": bool(body.get("background"))}
     meta = ResponseMeta(completion, echo, _search_query(body, prepared))
-    turn = ChatTurn(turn_limits(chat))
+    turn = ChatTurn(turn_limits(chat, agent))
     items, who = stored_items(body["input"]), _owner(body)
 
     def keep(response: dict[str, Any]) -> None:

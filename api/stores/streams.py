@@ -216,9 +216,10 @@ class StreamLeases:
 
 
 def open_stream_leases(config: Mapping[str, Any]) -> StreamLeases | None:
-    """Shared stream slots when MAX_CONCURRENT_STREAMS is on and RATELIMIT_STORAGE_URI (where quotas live) is a
-    Redis URL; None otherwise (each worker counts its own)."""
-    if not int(config.get("MAX_CONCURRENT_STREAMS") or 0):
+    """Shared stream slots when a stream cap may apply (MAX_CONCURRENT_STREAMS, or API_KEYS_FILE whose keys may
+    have their own `streams`) and RATELIMIT_STORAGE_URI (where quotas live) is a Redis URL; None otherwise (each
+    worker counts its own)."""
+    if not int(config.get("MAX_CONCURRENT_STREAMS") or 0) and not config.get("API_KEYS_FILE"):
         return None
     uri = str(config.get("RATELIMIT_STORAGE_URI") or "memory://")
     if not uri.startswith(_REDIS_SCHEMES):
