@@ -64,6 +64,8 @@ class ServerState:
         self.models_loaded_at: float | None = None
         self.models_error: str | None = None
         self._refreshing = threading.Lock()
+        self._refresher: threading.Thread | None = None
+        self._closed = False
         # Session check, cached: (checked at, result or None, error message).
         self._session: tuple[float, SessionInfo | None, str | None] = (0.0, None, None)
 
@@ -170,8 +172,9 @@ class ServerState:
         """The current model map; starts a background refresh when it is stale, never waits for it."""
         ttl = float(self.config["MODELS_REFRESH_SECONDS"])
         stale = self.models_loaded_at is None or time.time() - self.models_loaded_at > ttl
-        if stale and self.pool.accounts and not self._refreshing.locked():
-            threading.Thread(target=self.refresh_models, daemon=True, name="models-refresh").start()
+        if stale and not self._closed and self.pool.accounts and not self._refreshing.locked():
+            self._refresher = threading.Thread(target=self.refresh_models, daemon=True, name="models-refresh")
+            self._refresher.start()
         return self._models
 
     def refresh_models(self) -> bool:
@@ -234,6 +237,9 @@ class ServerState:
 
     def close(self) -> None:
         """Release the connection pools and any stream slots still leased."""
+        self._closed = True
+        if self._refresher is not None:  # a refresh in flight must not outlive the app and hit a later upstream
+            self._refresher.join(timeout=float(self.config.get("PERPLEXITY_CONNECT_TIMEOUT") or 5) + 1)
         if self._watcher is not None:
             self._watcher.stop()
         if self._pool is not None:

@@ -73,6 +73,20 @@ def test_the_page_has_no_inline_code_and_no_secret(keyed_app):
     assert body["data-keys-required"] == "true"  # a boolean, not the key
 
 
+def test_a_key_file_alone_makes_the_page_ask_for_a_key(fake, tmp_path):
+    from app import create_app
+
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"keys": [{"key": "%s", "label": "team"}]}' % KEY)
+    config = {"TESTING": True, "PERPLEXITY_SESSION_TOKEN": TOKEN, "PERPLEXITY_BASE_URL": fake.url}
+    application = create_app({**config, "API_KEYS_FILE": str(keys)})
+    try:
+        html = application.test_client().get("/console").get_data(as_text=True)
+    finally:
+        application.extensions["perplexity"].close()
+    assert 'data-keys-required="true"' in html and KEY not in html
+
+
 def test_an_open_server_tells_the_page_no_key_is_needed(client):
     html = client.get("/console").get_data(as_text=True)
     assert 'data-keys-required="false"' in html

@@ -231,9 +231,9 @@ def test_n_above_one_points_at_n_and_says_only_one_is_supported():
         ({"search_domain_filter": ["a.org", None]}, "search_domain_filter[1]", None),
         ({"return_images": "lots"}, "return_images", None),
         (
-            {"citation_mode": "footnotes"},
+            {"citation_mode": "endnotes"},
             "citation_mode",
-            "Invalid value for 'citation_mode': must be one of: default, markdown, clean.",
+            "Invalid value for 'citation_mode': must be one of: default, markdown, clean, footnotes.",
         ),
         ({"conversation_id": 7}, "conversation_id", "Invalid value for 'conversation_id': must be a string."),
     ],

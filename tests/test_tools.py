@@ -288,9 +288,10 @@ def test_reasoning_echoed_back_in_an_assistant_turn_is_dropped() -> None:
 
 def gate_after(spec: AgentSpec | None, *texts: str) -> tuple[AnswerGate, str]:
     """Feed `texts` as content one by one; the gate and the content it let out."""
-    gate, turn, sent = AnswerGate(spec), SimpleNamespace(content=""), []
+    gate, turn, sent = AnswerGate(spec), SimpleNamespace(content="", answer=""), []
     for text in texts:
         turn.content += text
+        turn.answer = turn.content  # no footnotes here: the answer is the whole content
         sent += [piece.text for piece in gate.feed(turn, [Piece("content", text)]) if piece.kind == "content"]
     return gate, "".join(sent)
 

@@ -32,7 +32,8 @@ _CSP = (
 @bp.get("/console/")
 def console() -> Response:
     """The console page."""
-    keys_required = bool(configured_keys(current_app.config))
+    # With API_KEYS_FILE the API is never open, even while the file lists no key.
+    keys_required = bool(configured_keys(current_app.config) or current_app.config.get("API_KEYS_FILE"))
     page = render_template("console/index.html", version=server_version(), keys_required=keys_required)
     response = Response(page, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
