@@ -5,6 +5,7 @@ The page's behaviour in a browser is tests/test_console_browser.py.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from html.parser import HTMLParser
@@ -77,7 +78,7 @@ def test_a_key_file_alone_makes_the_page_ask_for_a_key(fake, tmp_path):
     from app import create_app
 
     keys = tmp_path / "keys.json"
-    keys.write_text('{"keys": [{"key": "%s", "label": "team"}]}' % KEY)
+    keys.write_text(json.dumps({"keys": [{"key": KEY, "label": "team"}]}))
     config = {"TESTING": True, "PERPLEXITY_SESSION_TOKEN": TOKEN, "PERPLEXITY_BASE_URL": fake.url}
     application = create_app({**config, "API_KEYS_FILE": str(keys)})
     try:
