@@ -66,6 +66,7 @@ class StatsModelsSchema(ResponseSchema):
 class StatsSchema(ResponseSchema):
     """`GET /stats`: counters for humans."""
 
+    version = fields.String(required=True, metadata={"description": "The server's version."})
     uptime = fields.Float(required=True)
     requests = fields.Integer(required=True, strict=True)
     requests_by_route = fields.Dict(keys=fields.String(), values=fields.Integer(strict=True), required=True)
