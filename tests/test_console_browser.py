@@ -309,3 +309,23 @@ def _screenshot(console: Console, path: Path) -> None:
         console.driver.save_screenshot(str(path))
     finally:
         console.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_api_reference_renders_every_operation_in_the_browser(browser, server):
+    """/docs in Chromium: Swagger UI (served by the server, under its CSP) reads the OpenAPI 3.1 document itself and
+    shows an operation block for every documented operation, with no error in the page or the console."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with requests.get(server.url + "/openapi.json", timeout=10) as response:
+        operations = sum(len(item) for item in response.json()["paths"].values())
+    browser.get(server.url + "/docs")
+    blocks = WebDriverWait(browser, WAIT).until(
+        lambda driver: (
+            (found := driver.find_elements(By.CSS_SELECTOR, ".opblock")) and len(found) >= operations and found
+        )
+    )
+    assert len(blocks) == operations
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "Unable to render" not in text and "Perplexity" in text
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []

@@ -1,8 +1,8 @@
 """The OpenAPI document of every endpoint, generated from the marshmallow schemas with apispec (no network).
 
-`build_document(version, secured)` turns the operation table below into an OpenAPI 3.1 document (3.0 for the
-bundled Swagger UI, which predates 3.1). Request and response bodies come from `schemas/`; a custom field says
-what it accepts with `metadata={"one_of" | "any_of": (...)}`, whose Schema classes become `$ref`s here.
+`build_document(secured=...)` turns the operation table below into an OpenAPI 3.1 document. Request and response
+bodies come from `schemas/`; a custom field says what it accepts with `metadata={"one_of" | "any_of": (...)}`,
+whose Schema classes become `$ref`s here.
 """
 
 from __future__ import annotations
@@ -242,15 +242,13 @@ def _resolve(converter: Any, node: Any) -> Any:
 def _alternatives(self: Any, field: fields.Field, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """apispec attribute function: a field's `one_of` / `any_of` metadata, and `Null` fields."""
     if isinstance(field, Null):
-        return {"type": "null"} if self.openapi_version.minor >= 1 else {"nullable": True, "enum": [None]}
+        return {"type": "null"}
     for key, keyword in (("one_of", "oneOf"), ("any_of", "anyOf")):
         options = field.metadata.get(key)
         if options:
             choices = _resolve(self, list(options))
-            if field.allow_none and self.openapi_version.minor >= 1:
+            if field.allow_none:
                 choices.append({"type": "null"})
-            elif field.allow_none:
-                return {keyword: choices, "nullable": True}
             return {keyword: choices}
     return {}
 
@@ -264,11 +262,9 @@ def _ref(spec: APISpec, schema: type[Schema]) -> dict[str, Any]:
     return plugin.converter.resolve_nested_schema(schema)
 
 
-def _sse_schema(spec: APISpec, event: dict[str, Any], version: int) -> dict[str, Any]:
+def _sse_schema(spec: APISpec, event: dict[str, Any]) -> dict[str, Any]:
     """One SSE event (`{event, data, id}` as an SSE parser reads it); its `data` is JSON of the event schemas."""
     refs = [_ref(spec, schema) for schema in event["schemas"]]
-    if version < 1:  # OpenAPI 3.0 has no contentSchema: the UI shows the event's text
-        return {"type": "string", "description": "`data:` lines of JSON: " + ", ".join(r["$ref"] for r in refs)}
     json_data = {
         "type": "string",
         "contentMediaType": "application/json",
@@ -298,7 +294,7 @@ _REQUEST_ID = {
 _RETRY_AFTER = {"retry-after": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
 
 
-def _responses(spec: APISpec, operation: Operation, version: int) -> dict[str, Any]:
+def _responses(spec: APISpec, operation: Operation) -> dict[str, Any]:
     if operation.ok is None:
         ok_content = operation.ok_content
     else:
@@ -307,7 +303,7 @@ def _responses(spec: APISpec, operation: Operation, version: int) -> dict[str, A
             ok_schema = {"oneOf": [ok_schema, _ref(spec, operation.ok_alternative)]}
         ok_content = {"application/json": {"schema": ok_schema}}
         if operation.stream_event is not None:
-            ok_content["text/event-stream"] = {"schema": _sse_schema(spec, operation.stream_event, version)}
+            ok_content["text/event-stream"] = {"schema": _sse_schema(spec, operation.stream_event)}
     ok_text = "The answer." if operation.stream_event is None else "The answer, whole or as server-sent events."
     responses: dict[str, Any] = {"200": {"description": ok_text, "headers": _REQUEST_ID, "content": ok_content}}
     for status in operation.errors:
@@ -319,12 +315,12 @@ def _responses(spec: APISpec, operation: Operation, version: int) -> dict[str, A
     return responses
 
 
-def _operation(spec: APISpec, operation: Operation, version: int) -> dict[str, Any]:
+def _operation(spec: APISpec, operation: Operation) -> dict[str, Any]:
     body: dict[str, Any] = {
         "summary": operation.summary,
         "tags": [operation.tag],
         "operationId": "_".join([operation.method, *(part.strip("{}") for part in operation.path.split("/") if part)]),
-        "responses": _responses(spec, operation, version),
+        "responses": _responses(spec, operation),
     }
     if operation.description:
         body["description"] = operation.description
@@ -344,19 +340,18 @@ def _operation(spec: APISpec, operation: Operation, version: int) -> dict[str, A
     return body
 
 
-def build_document(version: str = "3.1.0", *, secured: bool = False, server_version: str = "1") -> dict[str, Any]:
-    """The OpenAPI document (`version` 3.1.0, or 3.0.3 for Swagger UI); `secured`: API keys are configured."""
+def build_document(*, secured: bool = False, server_version: str = "1") -> dict[str, Any]:
+    """The OpenAPI 3.1 document; `secured`: API keys are configured; `server_version`: the document's version."""
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
         title="Perplexity → OpenAI API",
         version=server_version,
-        openapi_version=version,
+        openapi_version="3.1.0",
         plugins=[plugin],
         info={"description": _DESCRIPTION},
     )
     assert plugin.converter is not None
     plugin.converter.add_attribute_function(_alternatives)
-    minor = int(version.split(".")[1])
     if secured:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer", "description": "API key"})
         spec.components.security_scheme(
@@ -364,7 +359,7 @@ def build_document(version: str = "3.1.0", *, secured: bool = False, server_vers
         )
     paths: dict[str, dict[str, Any]] = {}
     for operation in OPERATIONS:
-        paths.setdefault(operation.path, {})[operation.method] = _operation(spec, operation, minor)
+        paths.setdefault(operation.path, {})[operation.method] = _operation(spec, operation)
     for path, methods in paths.items():
         spec.path(path=path, operations=methods)
     document = spec.to_dict()

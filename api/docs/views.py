@@ -1,17 +1,18 @@
-"""`GET /openapi.json` (the OpenAPI 3.1 document, built once per app) and `GET /docs` (Swagger UI, served from the
-swagger-ui-bundle package: no CDN, nothing copied into the repository)."""
+"""`GET /openapi.json` (the OpenAPI 3.1 document, built once per app) and `GET /docs` (Swagger UI 5, its files
+served from the flask-swagger-ui package: no CDN, nothing copied into the repository)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import flask_swagger_ui
 import orjson
 from flask import Blueprint, Response, abort, current_app, send_from_directory, url_for
 from markupsafe import escape
-from swagger_ui_bundle import swagger_ui_path
 
 from ..edge.auth import configured_keys
+from ..state import server_version
 from .document import build_document
 
 __all__ = ["bp"]
@@ -19,15 +20,16 @@ __all__ = ["bp"]
 bp = Blueprint("docs", __name__)
 
 _STATIC = Path(__file__).parent / "static"
-_ASSETS = Path(swagger_ui_path)
-_ASSET_SUFFIXES = (".js", ".css", ".png", ".map")
-_NOT_SERVED = {"swagger-initializer.js"}  # the bundle's own initializer points at the petstore
+# Only the package's Swagger UI files (its dist/): its blueprint renders a page with an inline script, which the
+# CSP below forbids, so the page and its initializer are this project's own.
+_ASSETS = Path(flask_swagger_ui.__file__).parent / "dist"
+_ASSET_SUFFIXES = (".js", ".css", ".png")
+_NOT_SERVED = {"oauth2-redirect.js"}  # no OAuth here
 # Swagger UI needs inline styles (React style attributes) and data: images; every script is a file from here.
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_VERSIONS = {"3.1": "3.1.0", "3.0": "3.0.3"}
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -48,25 +50,21 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
-def _document(version: str) -> bytes:
-    """The serialised document of `version`, built at the first request and kept for the app's life."""
-    cache: dict[str, bytes] = current_app.extensions.setdefault("openapi_documents", {})
-    if version not in cache:
-        secured = bool(configured_keys(current_app.config))
-        cache[version] = orjson.dumps(build_document(_VERSIONS[version], secured=secured))
-    return cache[version]
+def _document() -> bytes:
+    """The serialised document, built at the first request and kept for the app's life."""
+    cached = current_app.extensions.get("openapi_document")
+    if cached is None:
+        # With API_KEYS_FILE the API is never open, even while the file lists no key.
+        secured = bool(configured_keys(current_app.config) or current_app.config.get("API_KEYS_FILE"))
+        cached = orjson.dumps(build_document(secured=secured, server_version=server_version()))
+        current_app.extensions["openapi_document"] = cached
+    return cached
 
 
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
     """The OpenAPI 3.1 document of every endpoint."""
-    return Response(_document("3.1"), mimetype="application/json")
-
-
-@bp.get("/docs/openapi-3.0.json")
-def openapi_document_30() -> Response:
-    """The same document as OpenAPI 3.0, for the bundled Swagger UI (4.15, which cannot read 3.1)."""
-    return Response(_document("3.0"), mimetype="application/json")
+    return Response(_document(), mimetype="application/json")
 
 
 @bp.get("/docs")
@@ -83,7 +81,7 @@ def swagger_ui() -> Response:
         bundle=asset("swagger-ui-bundle.js"),
         preset=asset("swagger-ui-standalone-preset.js"),
         initializer=escape(url_for("docs.initializer")),
-        document=escape(url_for("docs.openapi_document_30")),
+        document=escape(url_for("docs.openapi_document")),
     )
     response = Response(page, mimetype="text/html")
     response.headers["Content-Security-Policy"] = _CSP
