@@ -12,12 +12,14 @@ from pathlib import Path
 
 import openai
 import pytest
+import redis
 import requests
 
 from perplexity.client import PerplexityClient
 from perplexity.testing import FakePerplexity
 
 ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the Redis every machine here runs (CI's too); tests use their own key prefixes
 TOKEN = "test-session-token-0123456789abcdef"
 CAPTURES = Path(__file__).parent / "fixtures" / "captures"
 
@@ -201,3 +203,18 @@ def client(app):
     """The app's test client (flaskr style): view-level tests without a server."""
     with app.test_client() as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def redis_up() -> Iterator[redis.Redis]:
+    """A client of the local Redis (the shared-state tests' store); skips them when there is none."""
+    from api.stores.redis_store import redis_client
+
+    client = redis_client(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError:
+        client.close()
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    yield client
+    client.close()

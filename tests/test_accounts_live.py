@@ -8,23 +8,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-import redis
 import requests
 
 from perplexity.testing import Reply
 
-from .conftest import TOKEN
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="module")
-def redis_up():
-    try:
-        redis.Redis.from_url(REDIS_URL).ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
+from .conftest import REDIS_URL, TOKEN
 
 
 def tokens(n: int) -> list[str]:

@@ -14,17 +14,14 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.config import SettingError
-from api.stores.redis_store import redis_client
 from perplexity.testing import Reply
 
-from .conftest import TOKEN
+from .conftest import REDIS_URL, TOKEN
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 USER = [{"role": "user", "content": "hello"}]
 SLOW = Reply(answer="slow " * 300, chunk_size=5, frame_delay=0.1)  # 30 s: open until closed
 RELOAD_WAIT = 1.2  # past the file's check interval (one second per worker), so the next request re-reads it
@@ -253,17 +250,6 @@ def test_gunicorn_refuses_to_start_on_a_bad_file(live_server_factory, tmp_path):
 
 
 # ---- reloads, two workers, Redis ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_up():
-    client = redis_client(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    yield client
-    client.close()
 
 
 def _access(server) -> dict[str, dict[str, Any]]:

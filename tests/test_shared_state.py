@@ -8,23 +8,12 @@ import time
 import anthropic
 import openai
 import pytest
-import redis
 
 from api.stores import Conversation
 from api.stores.redis_store import RedisConversationStore, redis_client
 from perplexity.types import ThreadIds
 
-from .conftest import free_port
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="module")
-def redis_up():
-    try:
-        redis_client(REDIS_URL).ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
+from .conftest import REDIS_URL, free_port
 
 
 @pytest.fixture

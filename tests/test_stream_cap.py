@@ -21,25 +21,13 @@ from api.stores.redis_store import redis_client
 from api.stores.streams import StreamLeases
 from perplexity.testing import Fault, Reply
 
-from .conftest import free_port
+from .conftest import REDIS_URL, free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 USER = [{"role": "user", "content": "hello"}]
 CHAT = {"model": "perplexity-auto", "messages": USER, "stream": True}
 MESSAGES = {"model": "sonnet", "max_tokens": 1024, "messages": USER, "stream": True}
 # Long enough (30 s) that every stream of a burst is still open when the last request of the burst is answered.
 SLOW = Reply(answer="slow " * 300, chunk_size=5, frame_delay=0.1)
-
-
-@pytest.fixture(scope="module")
-def redis_up():
-    client = redis_client(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    yield client
-    client.close()
 
 
 def new_key() -> str:
