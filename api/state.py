@@ -7,12 +7,12 @@ import logging
 import threading
 import time
 import tomllib
-from collections import Counter
+from collections import Counter, deque
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, g, has_request_context
 
 from perplexity.client import PerplexityClient
 from perplexity.cookies import normalize_session_token
@@ -36,6 +36,8 @@ __all__ = ["ServerState", "init_app", "server_version", "state"]
 
 log = logging.getLogger(__name__)
 
+_RECENT_ERRORS = 20  # upstream failures /stats lists, newest first
+
 
 class ServerState:
     """Everything a worker shares between requests; the Perplexity client is made on first use."""
@@ -49,6 +51,9 @@ class ServerState:
         self.continuity = Continuity(self.store, self.responses)
         self.counters: Counter[str] = Counter()
         self.upstream_errors: Counter[str] = Counter()
+        # The latest few failures (when, kind, account): what an operator looking at /stats or the console wants
+        # beside the counters since start. Never the upstream's message: /stats is public.
+        self.recent_upstream_errors: deque[dict[str, Any]] = deque(maxlen=_RECENT_ERRORS)
         self.open_streams = 0
         self.streams_by_caller: Counter[str] = Counter()
         # The callers' stream slots shared through Redis (None: each worker's own count is the cap).
@@ -160,10 +165,14 @@ class ServerState:
             return []
         return ["the conversation store (Redis) is unreachable: follow-ups start new threads"]
 
-    def record_upstream_error(self, exc: PerplexityError) -> None:
-        """Count a Perplexity failure by kind (for /stats and /metrics)."""
+    def record_upstream_error(self, exc: PerplexityError, account: str | None = None) -> None:
+        """Count a Perplexity failure by kind (for /stats and /metrics) and keep it among the recent ones, with the
+        account it happened on when one had taken the ask."""
         self.upstream_errors[exc.kind] += 1
         self.metrics.upstream_errors.labels(exc.kind).inc()
+        if account is None and has_request_context():
+            account = g.get("account")  # set once an account answered (api/steps.py)
+        self.recent_upstream_errors.appendleft({"at": round(time.time(), 3), "kind": exc.kind, "account": account})
 
     # ---- models ---------------------------------------------------------------------------
 

@@ -180,7 +180,7 @@ def _stream_hooks(server: ServerState, prepared: PreparedAsk) -> StreamHooks:
     def failed(exc: BaseException) -> None:
         # The one place a stream failure is counted and logged (the client gets its family's error event).
         if isinstance(exc, PerplexityError):
-            server.record_upstream_error(exc)
+            server.record_upstream_error(exc, prepared.account)
             _account_failed(server, prepared, exc)
             log.warning("stream ended by upstream %s: %s", exc.kind, exc.message)
         elif not isinstance(exc, APIError):

@@ -63,6 +63,16 @@ class StatsModelsSchema(ResponseSchema):
     error = fields.String(required=True, allow_none=True)
 
 
+class RecentErrorSchema(ResponseSchema):
+    """One of `/stats`' latest upstream failures (newest first): when, what kind, on which account."""
+
+    at = fields.Float(required=True, metadata={"description": "Unix time of the failure."})
+    kind = fields.String(required=True, metadata={"description": "The failure's kind, as in `upstream_errors`."})
+    account = fields.String(
+        required=True, allow_none=True, metadata={"description": "The account's label; null before one was picked."}
+    )
+
+
 class StatsSchema(ResponseSchema):
     """`GET /stats`: counters for humans."""
 
@@ -74,6 +84,7 @@ class StatsSchema(ResponseSchema):
     conversations = fields.Integer(required=True, strict=True)
     models = fields.Nested(StatsModelsSchema, required=True)
     upstream_errors = fields.Dict(keys=fields.String(), values=fields.Integer(strict=True), required=True)
+    recent_upstream_errors = fields.List(fields.Nested(RecentErrorSchema), required=True)
     transport = fields.String(required=True, allow_none=True)
     accounts = fields.List(fields.Nested(AccountSchema), required=True)
 

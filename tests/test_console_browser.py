@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from perplexity.testing import Reply
+from perplexity.testing import Fault, Reply
 
 from .conftest import ROOT
 
@@ -329,3 +329,19 @@ def test_the_api_reference_renders_every_operation_in_the_browser(browser, serve
     text = browser.find_element(By.TAG_NAME, "body").text
     assert "Unable to render" not in text and "Perplexity" in text
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+def test_the_status_panel_lists_the_latest_upstream_failure_with_its_account(console, fake, server):
+    """After a stream Perplexity broke off, the status panel counts it by kind and lists it under Latest with the
+    account it happened on (and never the upstream's message). Runs after the clean-load test: it leaves an error."""
+    fake.enqueue(Fault("failed", after_frames=4, error_code="MODEL_ERROR", message="Model broke"))
+    body = {"model": "perplexity-auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with requests.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=20) as response:
+        assert '"error"' in response.text
+    console.open(key=KEY)
+    console.wait(lambda d: "failed: 1" in console.text("#upstream-errors"), "the count never shown")
+    latest = console.wait(lambda d: console.text("#recent-errors"), "the latest failure never shown")
+    assert latest.startswith("failed on default, ") and latest.endswith(" ago")
+    assert console.find("#recent-errors-title").is_displayed()
+    assert "Model broke" not in console.driver.page_source

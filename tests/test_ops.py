@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 
 import openai
 import pytest
@@ -224,6 +225,24 @@ def test_metrics_parse_and_move_with_traffic(fake, live_server_factory):
     assert after[("pplx_open_streams", ())] == 0
     stats = get(server, "/stats").json()
     assert stats["requests"] >= 3 and stats["upstream_errors"]["cloudflare"] == 1 and stats["open_streams"] == 0
+    assert [(e["kind"], e["account"]) for e in stats["recent_upstream_errors"]] == [("cloudflare", None)]
+
+
+def test_stats_lists_recent_upstream_failures_newest_first_with_their_account(fake, live_server_factory):
+    server = live_server_factory()
+    started = time.time()
+    with sdk(server) as client:
+        fake.enqueue(Fault("failed", after_frames=4, error_code="MODEL_ERROR", message="Model broke"))
+        with pytest.raises(openai.APIError):  # the stream's error event
+            for _ in client.chat.completions.create(model="perplexity-auto", messages=USER, stream=True):
+                pass
+        fake.enqueue(Fault("server_error", status=500, times=9))
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="perplexity-auto", messages=USER)
+    recent = get(server, "/stats").json()["recent_upstream_errors"]
+    assert [(e["kind"], e["account"]) for e in recent] == [("upstream_5xx", None), ("failed", "default")]
+    assert recent[0]["at"] >= recent[1]["at"] >= started - 1
+    assert "Model broke" not in str(recent)  # kinds only: /stats is public, upstream text is not
 
 
 def test_gunicorn_boots_cleanly_and_never_logs_secrets(fake, live_server):

@@ -66,6 +66,7 @@ def stats() -> Response:
                 "error": server.models_error,
             },
             "upstream_errors": dict(server.upstream_errors),
+            "recent_upstream_errors": list(server.recent_upstream_errors),
             "transport": server.client.transport.name if server.pool.accounts else None,
             "accounts": [account.public(time.time()) for account in server.pool.accounts],
         }

@@ -122,7 +122,7 @@ def start(
 
     def failed(exc: BaseException) -> None:
         if isinstance(exc, PerplexityError):
-            server.record_upstream_error(exc)
+            server.record_upstream_error(exc, prepared.account)
             log.warning("background response ended by upstream %s: %s", exc.kind, exc.message)
         elif not isinstance(exc, APIError):
             log.exception("background response failed")

@@ -188,7 +188,7 @@
     $("models-source").textContent = stats.models ? `${stats.models.count} · ${stats.models.source}` : "–";
     if (stats.version) $("server-version").textContent = stats.version;
     renderAccounts(ready.accounts || stats.accounts || []);
-    renderUpstreamErrors(stats.upstream_errors || {});
+    renderUpstreamErrors(stats.upstream_errors || {}, stats.recent_upstream_errors || []);
   }
 
   function renderAccounts(accounts) {
@@ -216,11 +216,21 @@
     $("accounts").replaceChildren(...(items.length ? items : [el("li", "muted", "no account configured")]));
   }
 
-  function renderUpstreamErrors(errors) {
+  function renderUpstreamErrors(errors, recent) {
     const entries = Object.entries(errors).filter(([, count]) => count > 0);
     entries.sort((a, b) => b[1] - a[1]);
     const items = entries.map(([kind, count]) => el("li", null, `${kind.replace(/_/g, " ")}: ${count}`));
     $("upstream-errors").replaceChildren(...(items.length ? items : [el("li", "muted", "none")]));
+    // The latest few, newest first: when, what and on which account (the counters above are since the start).
+    const now = Date.now() / 1000;
+    const latest = recent.slice(0, 5).map((error) => {
+      const where = error.account ? ` on ${error.account}` : "";
+      const item = el("li", "small", `${error.kind.replace(/_/g, " ")}${where}, ${duration(now - error.at)} ago`);
+      item.title = when(error.at);
+      return item;
+    });
+    $("recent-errors").replaceChildren(...latest);
+    $("recent-errors-title").hidden = latest.length === 0;
   }
 
   async function loadQuota() {
