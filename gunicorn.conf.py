@@ -1,5 +1,6 @@
 """gunicorn settings for this server, read automatically from the working directory (cf. example_config.py)."""
 
+import logging
 import os
 import sys
 import time
@@ -77,8 +78,9 @@ class AccessLogger(Logger):
 
     def setup(self, cfg):  # noqa: ANN001, ANN201 - gunicorn's signature
         super().setup(cfg)
-        if _json_logs:  # gunicorn's own lines (booting, workers, errors) as JSON too
-            for handler in self.error_log.handlers:
+        for handler in self.error_log.handlers:
+            handler.addFilter(_RedactOnceLoaded())
+            if _json_logs:  # gunicorn's own lines (booting, workers, errors) as JSON too
                 handler.setFormatter(JsonFormatter())
 
     def access(self, resp, req, environ, request_time):  # noqa: ANN001, ANN201 - gunicorn's signature
@@ -107,6 +109,16 @@ class AccessLogger(Logger):
             request_id,
             key or "",
         )
+
+
+class _RedactOnceLoaded(logging.Filter):
+    """The app's redaction on gunicorn's own lines: a malformed request line is logged whole ("Invalid request
+    from ip=...: Invalid HTTP request line: 'GET /v1/models?api_key=...'"), key included. The secrets are known
+    where the app is loaded (the workers; it registers them); the master, which never loads it, logs no request."""
+
+    def filter(self, record):  # noqa: ANN001, ANN201 - logging's signature
+        redact = sys.modules.get("api.edge.redact")  # never imported here: not before gevent patches the worker
+        return redact.RedactFilter().filter(record) if redact is not None else True
 
 
 def _access_json(environ, status, sent, request_time, request_id):  # noqa: ANN001, ANN202

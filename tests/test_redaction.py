@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -136,6 +138,24 @@ def test_an_unknown_model_id_is_echoed_truncated(keyed) -> None:
         keyed.url + "/v1/chat/completions", json={"model": huge, "messages": ASK}, headers=headers, timeout=20
     )
     assert r.status_code == 404 and len(r.json()["error"]["message"]) < 300
+
+
+def test_a_malformed_request_line_with_a_key_is_logged_masked(keyed) -> None:
+    """gunicorn logs a request line it cannot parse whole, at warning level: the key in its query is masked."""
+    lines = [
+        f"GET /v1/models?api_key={KEY_ONE}\r\nHost: x\r\n\r\n",  # no HTTP version
+        f"GET /v1/m\x00odels?key={quote(KEY_TWO, safe='')} HTTP/1.1\r\n\r\n",  # a control character
+    ]
+    for raw in lines:
+        with socket.create_connection(("127.0.0.1", keyed.port), timeout=5) as conn:
+            conn.sendall(raw.encode())
+            assert conn.recv(64).startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 5
+    while keyed.log().count("Invalid HTTP request line") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = keyed.log()
+    assert log.count("Invalid HTTP request line: 'GET /v1/models?api_key=***'") == 1
+    assert KEY_ONE not in log and KEY_TWO not in log and quote(KEY_TWO, safe="") not in log
 
 
 def test_a_key_in_the_query_string_stays_out_of_the_access_log(monkeypatch, capsys) -> None:
