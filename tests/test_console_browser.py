@@ -253,6 +253,27 @@ def test_a_question_streams_with_sources_and_reasoning_and_a_follow_up_stays_on_
     assert console.severe_log() == []
 
 
+def test_footnotes_mode_ends_the_answer_with_linked_sources(console, fake):
+    """Picking `footnotes` in the page: the answer keeps its markers and ends with the list of the sources it cites,
+    each a link the page renders as an anchor to the source (a source never cited is not listed)."""
+    from selenium.webdriver.support.ui import Select
+
+    fake.enqueue(Reply(answer="Lyon is old [1]. Its food is famous [3].", sources=SOURCES, chunk_size=8))
+    console.open(key=KEY)
+    console.wait(lambda d: "perplexity-auto" in console.text("#model"), "the models never loaded")
+    Select(console.find("#citation-mode")).select_by_value("footnotes")
+    console.ask("Tell me about Lyon")
+    answer = console.wait_turn_done(0).find_element("css selector", ".answer")
+    assert answer.text.startswith("Lyon is old") and "Sources:" in answer.text
+    listed = [a for a in answer.find_elements("css selector", "li a") if a.text in {s["name"] for s in SOURCES}]
+    assert [(a.text, a.get_attribute("href")) for a in listed] == [
+        (SOURCES[0]["name"], SOURCES[0]["url"]),
+        (SOURCES[2]["name"], SOURCES[2]["url"]),
+    ]
+    assert fake.asks[-1].json["query_str"] == "Tell me about Lyon"
+    assert console.severe_log() == []
+
+
 def test_a_bad_key_is_refused_clearly_and_another_can_be_entered_and_forgotten(console):
     console.open()
     console.enter_key("not-the-key")

@@ -303,32 +303,56 @@
     });
   }
 
-  // Blocks: paragraphs (blank lines), headings (#), bullet and numbered lists.
+  // Blocks: paragraphs (blank lines), headings (#), bullet and numbered lists. As in CommonMark, a list may
+  // start right under a paragraph's line ("Sources:" then "- [1] ..." in footnotes mode).
+  const BULLET = /^\s*[-*•]\s+/;
+  const NUMBER = /^\s*\d+[.)]\s+/;
+  const HEADING = /^(#{1,6})\s+(.*)$/;
+
+  function rowKind(row) {
+    if (HEADING.test(row)) return "h";
+    if (BULLET.test(row)) return "ul";
+    if (NUMBER.test(row)) return "ol";
+    return "p";
+  }
+
+  function blockNode(kind, rows, sources) {
+    if (kind === "h") {
+      const node = el("h4", "answer-heading");
+      inline(node, HEADING.exec(rows[0])[2], sources);
+      return node;
+    }
+    if (kind === "ul" || kind === "ol") {
+      const list = el(kind);
+      for (const row of rows) {
+        const item = el("li");
+        inline(item, row.replace(kind === "ul" ? BULLET : NUMBER, ""), sources);
+        list.append(item);
+      }
+      return list;
+    }
+    const paragraph = el("p");
+    lines(paragraph, rows.join("\n"), sources);
+    return paragraph;
+  }
+
   function renderMarkdown(target, text, sources) {
-    const blocks = text.split(/\n{2,}/).map((block) => block.replace(/^\n+|\n+$/g, "")).filter(Boolean);
-    const nodes = blocks.map((block) => {
-      const rows = block.split("\n");
-      const heading = /^(#{1,6})\s+(.*)$/.exec(block);
-      if (heading && rows.length === 1) {
-        const node = el("h4", "answer-heading");
-        inline(node, heading[2], sources);
-        return node;
-      }
-      const bullets = rows.every((row) => /^\s*[-*•]\s+/.test(row));
-      const numbers = rows.every((row) => /^\s*\d+[.)]\s+/.test(row));
-      if (bullets || numbers) {
-        const list = el(bullets ? "ul" : "ol");
-        for (const row of rows) {
-          const item = el("li");
-          inline(item, row.replace(/^\s*(?:[-*•]|\d+[.)])\s+/, ""), sources);
-          list.append(item);
+    const nodes = [];
+    for (const block of text.split(/\n{2,}/)) {
+      let kind = null;
+      let rows = [];
+      for (const row of block.split("\n")) {
+        if (!row.trim()) continue;
+        const next = rowKind(row);
+        if (next !== kind || next === "h") {  // a heading is one line; other runs gather their rows
+          if (rows.length) nodes.push(blockNode(kind, rows, sources));
+          kind = next;
+          rows = [];
         }
-        return list;
+        rows.push(row);
       }
-      const paragraph = el("p");
-      lines(paragraph, block, sources);
-      return paragraph;
-    });
+      if (rows.length) nodes.push(blockNode(kind, rows, sources));
+    }
     target.replaceChildren(...nodes);
   }
 
