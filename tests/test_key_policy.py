@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -424,3 +425,93 @@ def test_mcp_http_mode_applies_a_keys_models_and_expiry(fake, tmp_path):
             process.kill()
             process.wait(timeout=5)
         process.stderr.close()
+
+
+def test_mcp_http_tool_calls_spend_the_keys_rpm_with_the_http_api(fake, live_server_factory, tmp_path, redis_up):
+    """A key's `rpm` is one budget for its /v1 requests and its MCP tool calls (HTTP mode), shared through Redis:
+    two /v1 requests and one ask spend 3 of 3, the next ask is a tool error naming the limit (asking nothing),
+    and the next /v1 request is a 429 too."""
+    import subprocess
+    import sys
+
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from .conftest import ROOT, free_port
+    from .test_mcp import CALL_TIMEOUT, run, server_env, text_of, wait_listening
+
+    key = new_key()
+    path = tmp_path / "keys.json"
+    write_keys(path, [{"key": key, "label": "metered", "rpm": 3}])
+    shared = {"API_KEYS_FILE": str(path), "RATELIMIT_STORAGE_URI": REDIS_URL}
+    api = live_server_factory(**shared)
+    with openai.OpenAI(base_url=api.url + "/v1", api_key=key, max_retries=0) as client:
+        client.models.list()
+        client.models.list()
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "mcp_server.py", "--http", "--port", str(port)],
+            cwd=ROOT,
+            env=server_env(fake, **shared),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_listening(process, port)
+
+            async def ask() -> Any:
+                url = f"http://127.0.0.1:{port}/mcp"
+                async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=CALL_TIMEOUT) as http:
+                    async with Client(streamable_http_client(url, http_client=http)) as mcp:
+                        return await mcp.call_tool("perplexity_ask", {"query": "hi"})
+
+            async def main() -> None:
+                with anyio.fail_after(CALL_TIMEOUT):
+                    allowed = await ask()
+                    assert not allowed.is_error, text_of(allowed)
+                    asks = len(fake.asks)
+                    refused = await ask()
+                    assert refused.is_error and "Rate limit reached for requests: 3 per minute" in text_of(refused)
+                    assert len(fake.asks) == asks  # refused before anything was asked
+
+            run(main)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+            process.stderr.close()
+        with pytest.raises(openai.RateLimitError):
+            client.models.list()
+
+
+def test_the_shared_budget_counts_in_memory_while_its_storage_is_down(caplog):
+    """MCP's meter (api.edge.quotas.CallerQuota) with an unreachable Redis: calls are counted in memory, so the
+    budget still holds (never opened), with one warning for the outage."""
+    from api.edge.errors import APIError
+    from api.edge.quotas import CallerQuota
+
+    from .conftest import free_port
+
+    config = {
+        "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{free_port()}/0",
+        "ENABLE_RATE_LIMITING": False,
+        "REQUESTS_PER_MINUTE": 60,
+    }
+    meter = CallerQuota(config)
+    with caplog.at_level(logging.WARNING, logger="api.edge.quotas"):
+        meter.spend("key:dead-storage", None)  # rate limiting off and no rpm of its own: not counted
+        meter.spend("key:dead-storage", 2)
+        meter.spend("key:dead-storage", 2)
+        with pytest.raises(APIError) as refused:
+            meter.spend("key:dead-storage", 2)
+    assert refused.value.status == 429 and "2 per minute" in refused.value.message
+    assert int(refused.value.headers["retry-after"]) >= 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "rate-limit storage failed (ConnectionError); counting in this process's memory"
+    ) == 1

@@ -14,7 +14,7 @@ from flask_limiter.errors import RateLimitExceeded
 
 from .errors import APIError
 
-__all__ = ["check_stream_cap", "init_app", "refuse_stream"]
+__all__ = ["CallerQuota", "check_stream_cap", "init_app", "refuse_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,54 @@ def init_app(app: Flask, metrics: Any) -> Limiter | None:
         return response
 
     return limiter
+
+
+class CallerQuota:
+    """The same per-caller budget as the HTTP API's, for work that does not pass through Flask (MCP's HTTP mode).
+
+    flask-limiter counts an application limit under (caller, "global") with the moving window in
+    RATELIMIT_STORAGE_URI; hitting the same item under the same identifiers in the same storage spends the same
+    budget, so a key's `rpm` covers its /v1 requests and its MCP tool calls together (across processes with
+    Redis; a memory storage counts this process's calls only). While the storage fails, calls are counted in
+    memory, as the HTTP API does.
+    """
+
+    def __init__(self, config: Any) -> None:
+        from limits import storage as limit_storage
+        from limits.strategies import MovingWindowRateLimiter
+
+        uri = str(config["RATELIMIT_STORAGE_URI"])
+        self._enabled = bool(config["ENABLE_RATE_LIMITING"])
+        self._default = int(config["REQUESTS_PER_MINUTE"])
+        self._limiter = MovingWindowRateLimiter(limit_storage.storage_from_string(uri, **_storage_options(uri)))
+        self._fallback = MovingWindowRateLimiter(limit_storage.MemoryStorage())
+        self._failing = False  # one warning per outage
+
+    def spend(self, caller: str, rpm: int | None) -> None:
+        """Count one call of `caller` (its key's `rpm`, else REQUESTS_PER_MINUTE when rate limiting is on); a 429
+        APIError with the seconds to wait when the budget is spent."""
+        from limits import RateLimitItemPerMinute
+
+        if rpm is None and not self._enabled:
+            return
+        item = RateLimitItemPerMinute(rpm or self._default)
+        try:
+            allowed, limiter = self._limiter.hit(item, caller, "global"), self._limiter
+            self._failing = False
+        except Exception as exc:  # noqa: BLE001 - a storage outage: count in memory, never open the quota
+            if not self._failing:
+                log.warning("rate-limit storage failed (%s); counting in this process's memory", type(exc).__name__)
+            self._failing = True
+            allowed, limiter = self._fallback.hit(item, caller, "global"), self._fallback
+        if not allowed:
+            reset = max(1, math.ceil(limiter.get_window_stats(item, caller, "global").reset_time - time.time()))
+            raise APIError(
+                429,
+                f"Rate limit reached for requests: {item.amount} per minute; retry in {reset}s.",
+                "requests",
+                "rate_limit_exceeded",
+                headers={"retry-after": str(reset)},
+            )
 
 
 def check_stream_cap(open_for_caller: int, cap: int, metrics: Any) -> None:

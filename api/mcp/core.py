@@ -16,6 +16,7 @@ from ..core.keys import KeyEntry
 from ..core.turn import ChatTurn, TurnLimits
 from ..edge import redact
 from ..edge.errors import to_api_error
+from ..edge.quotas import CallerQuota
 from ..state import ServerState
 
 __all__ = ["SOURCES", "AskOutcome", "PerplexityTools", "ToolFailure", "clarifying_text"]
@@ -58,8 +59,9 @@ class AskOutcome:
 class PerplexityTools:
     """Runs the tools against a Flask app's ServerState (in an app context, as a request would)."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, *, quota: CallerQuota | None = None) -> None:
         self.app = app
+        self.meter = quota  # HTTP mode: each ask spends the caller's requests-per-minute budget
 
     @property
     def server(self) -> ServerState:
@@ -84,10 +86,13 @@ class PerplexityTools:
         fast: bool = False,
     ) -> AskOutcome:
         """Ask Perplexity (a follow-up on `thread` when it names a conversation this caller had); ToolFailure with
-        the HTTP API's message on any error, or when `key`'s model list leaves the model out."""
+        the HTTP API's message on any error, when `key`'s model list leaves the model out, or when the caller's
+        requests-per-minute budget (shared with the HTTP API) is spent."""
         with self.app.app_context():
             try:
                 self._permit(key, model)
+                if self.meter is not None:
+                    self.meter.spend(caller, key.rpm if key is not None else None)
                 return self._ask(caller, query, model, sources, recency, citation_mode, thread, progress, fast)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a tool error, as every one is an HTTP error
                 raise self._failure(exc) from exc

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from ..core.keys import KeyEntry, KeyRing
 from ..edge.auth import key_ring
+from ..edge.quotas import CallerQuota
 from .core import RESEARCH_MODEL, SEARCH_MODEL, AskOutcome, PerplexityTools, ToolFailure, clarifying_text
 
 __all__ = ["build_server", "run"]
@@ -125,9 +126,10 @@ def _progress_sender(ctx: Context) -> Callable[[float, str], None]:
     return send
 
 
-def build_server(app: Flask) -> MCPServer:
-    """The MCP server whose tools run on `app`'s accounts, models, conversation store and settings."""
-    tools = PerplexityTools(app)
+def build_server(app: Flask, *, metered: bool = False) -> MCPServer:
+    """The MCP server whose tools run on `app`'s accounts, models, conversation store and settings; `metered`
+    (HTTP mode): each ask spends its caller's requests-per-minute budget, the one the HTTP API spends."""
+    tools = PerplexityTools(app, quota=CallerQuota(app.config) if metered else None)
     models = ", ".join(tools.model_ids())
     server = MCPServer(
         "perplexity",
@@ -322,7 +324,7 @@ class BearerAuth:
 
 def run(app: Flask, *, http: bool = False, host: str = "127.0.0.1", port: int = 8001) -> None:
     """Serve the tools: over stdio, or streamable HTTP at http://host:port/mcp behind the API keys."""
-    server = build_server(app)
+    server = build_server(app, metered=http)  # stdio: one local user, no quota
     if not http:
         server.run("stdio")
         return
