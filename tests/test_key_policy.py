@@ -364,16 +364,12 @@ def test_a_key_added_by_a_reload_is_masked_in_the_log(fake, live_server_factory,
 
 
 def test_mcp_http_mode_applies_a_keys_models_and_expiry(fake, tmp_path):
-    import subprocess
-    import sys
-
     import anyio
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    from .conftest import ROOT, free_port
-    from .test_mcp import CALL_TIMEOUT, run, server_env, text_of, wait_listening
+    from .test_mcp import CALL_TIMEOUT, http_server, run, text_of
 
     narrow, old = new_key(), new_key()
     path = tmp_path / "keys.json"
@@ -384,18 +380,7 @@ def test_mcp_http_mode_applies_a_keys_models_and_expiry(fake, tmp_path):
             {"key": old, "label": "old", "expires": "2020-01-01"},
         ],
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "mcp_server.py", "--http", "--port", str(port)],
-        cwd=ROOT,
-        env=server_env(fake, API_KEYS_FILE=str(path)),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_listening(process, port)
-        url = f"http://127.0.0.1:{port}/mcp"
+    with http_server(fake, API_KEYS_FILE=str(path)) as url:
         with httpx2.Client(timeout=5) as http:
             expired = http.post(url, json={}, headers={"Authorization": f"Bearer {old}"})
         assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
@@ -417,30 +402,18 @@ def test_mcp_http_mode_applies_a_keys_models_and_expiry(fake, tmp_path):
                 assert len(fake.asks) == asks + 1  # the refused calls asked nothing
 
         run(main)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        process.stderr.close()
 
 
 def test_mcp_http_tool_calls_spend_the_keys_rpm_with_the_http_api(fake, live_server_factory, tmp_path, redis_up):
     """A key's `rpm` is one budget for its /v1 requests and its MCP tool calls (HTTP mode), shared through Redis:
     two /v1 requests and one ask spend 3 of 3, the next ask is a tool error naming the limit (asking nothing),
     and the next /v1 request is a 429 too."""
-    import subprocess
-    import sys
-
     import anyio
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    from .conftest import ROOT, free_port
-    from .test_mcp import CALL_TIMEOUT, run, server_env, text_of, wait_listening
+    from .test_mcp import CALL_TIMEOUT, http_server, run, text_of
 
     key = new_key()
     path = tmp_path / "keys.json"
@@ -450,20 +423,9 @@ def test_mcp_http_tool_calls_spend_the_keys_rpm_with_the_http_api(fake, live_ser
     with openai.OpenAI(base_url=api.url + "/v1", api_key=key, max_retries=0) as client:
         client.models.list()
         client.models.list()
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "mcp_server.py", "--http", "--port", str(port)],
-            cwd=ROOT,
-            env=server_env(fake, **shared),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_listening(process, port)
+        with http_server(fake, **shared) as url:
 
             async def ask() -> Any:
-                url = f"http://127.0.0.1:{port}/mcp"
                 async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=CALL_TIMEOUT) as http:
                     async with Client(streamable_http_client(url, http_client=http)) as mcp:
                         return await mcp.call_tool("perplexity_ask", {"query": "hi"})
@@ -478,14 +440,6 @@ def test_mcp_http_tool_calls_spend_the_keys_rpm_with_the_http_api(fake, live_ser
                     assert len(fake.asks) == asks  # refused before anything was asked
 
             run(main)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-            process.stderr.close()
         with pytest.raises(openai.RateLimitError):
             client.models.list()
 

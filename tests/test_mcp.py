@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -193,22 +194,36 @@ def wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
     raise RuntimeError("mcp_server.py --http did not start listening")
 
 
-def test_http_mode_is_protected_by_the_api_keys(fake: FakePerplexity) -> None:
-    fake.enqueue(Reply(answer="Answer over HTTP [1].", sources=SOURCES))
-    fake.enqueue(Reply(answer="The follow-up.", sources=SOURCES[:1]))
+@contextlib.contextmanager
+def http_server(fake: FakePerplexity, **env: str) -> Iterator[str]:
+    """`mcp_server.py --http` on a free port with `env` (over the fake's): its /mcp URL once it listens; stopped
+    (terminated, then killed if it lingers) on the way out."""
     port = free_port()
-    env = server_env(fake, OPENAI_API_KEY="mcp-test-key", API_KEYS="other-key")
     process = subprocess.Popen(
         [sys.executable, "mcp_server.py", "--http", "--port", str(port)],
         cwd=ROOT,
-        env=env,
+        env=server_env(fake, **env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
         wait_listening(process, port)
-        url = f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        process.stderr.close()
+
+
+def test_http_mode_is_protected_by_the_api_keys(fake: FakePerplexity) -> None:
+    fake.enqueue(Reply(answer="Answer over HTTP [1].", sources=SOURCES))
+    fake.enqueue(Reply(answer="The follow-up.", sources=SOURCES[:1]))
+    with http_server(fake, OPENAI_API_KEY="mcp-test-key", API_KEYS="other-key") as url:
         with httpx2.Client(timeout=5) as http:
             refused = http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
             assert refused.status_code == 401
@@ -238,11 +253,3 @@ def test_http_mode_is_protected_by_the_api_keys(fake: FakePerplexity) -> None:
                 assert "Unknown or expired thread" in text_of(other)
 
         run(main)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        process.stderr.close()
