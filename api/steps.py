@@ -30,7 +30,7 @@ from .core.sonar import APPROXIMATED_HEADER, source_filter
 from .core.streaming import ClientGone, read_whole
 from .core.tools import AgentSpec
 from .core.turn import ChatTurn, TurnLimits
-from .edge.auth import check_model, stream_cap
+from .edge.auth import check_model, key_entry, stream_cap
 from .edge.quotas import check_stream_cap, refuse_stream
 from .edge.sse import client_watcher, error_event
 from .state import ServerState, state
@@ -97,6 +97,9 @@ def completion_meta(prepared: PreparedAsk, body: dict[str, Any]) -> CompletionMe
 def permit_model(asked: str | None) -> None:
     """403 `model_not_allowed` when the request's key may not use the model `asked` selects (DEFAULT_MODEL when
     none), before anything is prepared; an unknown id is left to the usual 404."""
+    entry = key_entry()
+    if entry is None or entry.models is None:  # no model list: nothing to resolve on this request's path
+        return
     server = state()
     model = server.models.resolve(asked or str(server.config["DEFAULT_MODEL"]))
     if model is not None:

@@ -31,6 +31,7 @@ _FIELDS = ("key", "label", "models", "rpm", "streams", "expires")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}")
 _MIN_KEY = 8  # shorter keys are guessable, and too short for the log redaction to mask (api/edge/redact.py)
 _NO_DIGEST = bytes(32)
+_SHOWN_MODEL = 100  # characters of a model id a refusal repeats
 OTHER = "-"  # the metrics label of every key that is not in the file (bounded cardinality)
 
 
@@ -61,6 +62,15 @@ class KeyEntry:
             return True
         wanted = [name.lower() for name in names if name]
         return any(fnmatchcase(name, pattern) for name in wanted for pattern in self.models)
+
+    def refusal(self, asked: str | None, resolved: str | None) -> str | None:
+        """Why this key may not use the model (`asked`, or the id it resolved to), as the client is told; None
+        when it may. The one rule for the HTTP API's 403 and MCP's tool error."""
+        if self.allows(asked, resolved):
+            return None
+        name = asked or resolved or ""
+        shown = name if len(name) <= _SHOWN_MODEL else name[:_SHOWN_MODEL] + "…"
+        return f"This API key is not allowed to use the model '{shown}'."
 
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the key's expiry has passed."""

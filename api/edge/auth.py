@@ -16,8 +16,6 @@ __all__ = ["authenticate", "caller", "check_model", "configured_keys", "key_entr
 
 log = logging.getLogger(__name__)
 
-_SHOWN_MODEL = 100  # characters of a model id a 403 repeats
-
 
 def configured_keys(config: Mapping[str, Any]) -> tuple[bytes, ...]:
     """OPENAI_API_KEY plus the comma-separated API_KEYS, de-duplicated."""
@@ -86,14 +84,9 @@ def check_model(asked: str | None, resolved: str) -> None:
     """403 `model_not_allowed` unless the request's key may use the model: the id it asked for (an alias, a Sonar
     or Anthropic name) or the public id that resolved to matches one of the key's `models`."""
     entry = key_entry()
-    if entry is None or entry.allows(asked, resolved):
-        return
-    name = asked or resolved
-    shown = name if len(name) <= _SHOWN_MODEL else name[:_SHOWN_MODEL] + "…"
-    raise APIError(
-        403, f"This API key is not allowed to use the model '{shown}'.", "permission_error", "model_not_allowed",
-        param="model",
-    )  # fmt: skip
+    refusal = entry.refusal(asked, resolved) if entry is not None else None
+    if refusal is not None:
+        raise APIError(403, refusal, "permission_error", "model_not_allowed", param="model")
 
 
 def stream_cap(default: int) -> int:

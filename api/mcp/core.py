@@ -98,13 +98,13 @@ class PerplexityTools:
                 raise self._failure(exc) from exc
 
     def _permit(self, key: KeyEntry | None, model: str | None) -> None:
-        """The HTTP API's rule (api.edge.auth.check_model): the id asked for or the one it resolves to."""
-        if key is None:
+        """The HTTP API's rule and message (KeyEntry.refusal): the id asked for or the one it resolves to."""
+        if key is None or key.models is None:
             return
         resolved = self.server.models.resolve(model or str(self.server.config["DEFAULT_MODEL"]))
-        if not key.allows(model, resolved.id if resolved is not None else None):
-            name = (model or str(self.server.config["DEFAULT_MODEL"]))[:100]
-            raise ToolFailure(f"This API key is not allowed to use the model '{name}'.")
+        refusal = key.refusal(model, resolved.id if resolved is not None else None)
+        if refusal is not None:
+            raise ToolFailure(refusal)
 
     def quota(self) -> list[dict[str, Any]]:
         """Each account's state and quota, exactly as GET /v1/quota lists them (refreshed when stale)."""
