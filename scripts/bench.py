@@ -1305,6 +1305,16 @@ class Bench:
         self.fake.reset()
         return result
 
+    def warm_rotating_rounds(
+        self, call: Callable[[str], tuple[float, float | None]], kinds: list[str], rounds: int
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]], int, float]:
+        """A warm-up of every kind, then `rotating_rounds` within this phase's time: the latency part of the
+        agent and messages phases."""
+        for _ in range(max(5, self.plan.warmup // 5)):
+            for kind in kinds:
+                call(kind)
+        return rotating_rounds(call, kinds, rounds, time.monotonic() + self.left(self.plan.phase_seconds))
+
     # ---- 6. tool-call answers against text answers (opt-in: --phases agent) -----------------------
 
     def phase_agent(self) -> dict[str, Any]:
@@ -1322,11 +1332,7 @@ class Bench:
         _, sizes, _, _ = self.direct.capture()  # the upstream stream, for the report: frames and bytes
         agent = Agent(self.server.url, API_KEY)
         kinds = list(AGENT_KINDS)
-        for _ in range(max(5, plan.warmup // 5)):
-            for kind in kinds:
-                agent.call(kind)
-        end = time.monotonic() + self.left(plan.phase_seconds)
-        total, first, rounds, wall = rotating_rounds(agent.call, kinds, plan.agent_rounds, end)
+        total, first, rounds, wall = self.warm_rotating_rounds(agent.call, kinds, plan.agent_rounds)
         # Worker CPU per request of each kind, in blocks (one per kind and round).
         cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
         cpu_end = time.monotonic() + self.left(plan.phase_seconds / 2)
@@ -1391,11 +1397,7 @@ class Bench:
         _, sizes, _, _ = self.direct.capture()  # the upstream stream, for the report: frames and bytes
         client = Messages(self.server.url, API_KEY)
         kinds = list(MESSAGES_KINDS)
-        for _ in range(max(5, plan.warmup // 5)):
-            for kind in kinds:
-                client.call(kind)
-        end = time.monotonic() + self.left(plan.phase_seconds)
-        total, first, rounds, wall = rotating_rounds(client.call, kinds, plan.messages_rounds, end)
+        total, first, rounds, wall = self.warm_rotating_rounds(client.call, kinds, plan.messages_rounds)
         self.fake.reset()
         names = ("chat", "messages")
         result: dict[str, Any] = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +15,7 @@ from perplexity.testing import DEFAULT_ACCOUNT, FakeAccount, FakePerplexity, Fau
 from perplexity.types import AskOptions, ModeQuota
 
 from .conftest import TOKEN
+from .test_fake_upstream import ask_body
 
 COOKIE = "__Secure-next-auth.session-token"
 ASK = "/rest/sse/perplexity_ask"
@@ -53,21 +53,8 @@ def _cookie(request: Any) -> str:
     return cookie.partition(f"{COOKIE}=")[2].partition(";")[0]
 
 
-def ask_body(query: str = "q", **params: Any) -> dict[str, Any]:
-    base = {
-        "version": "2.18",
-        "source": "default",
-        "model_preference": "turbo",
-        "mode": "copilot",
-        "frontend_uuid": str(uuid.uuid4()),
-        "query_source": "home",
-    }
-    base.update(params)
-    return {"query_str": query, "params": base}
-
-
 def raw_ask(fake: FakePerplexity, token: str | None, **params: Any) -> requests.Response:
-    return raw(fake, "POST", ASK + "?version=2.18&source=default", token, json=ask_body(**params))
+    return raw(fake, "POST", ASK + "?version=2.18&source=default", token, json=ask_body("q", **params))
 
 
 def modes(fake: FakePerplexity, token: str) -> dict[str, Any]:

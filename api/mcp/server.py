@@ -144,6 +144,15 @@ def build_server(app: Flask, *, metered: bool = False) -> MCPServer:
         # The core is blocking (HTTP to Perplexity): it runs in a worker thread, the event loop stays free.
         return await anyio.to_thread.run_sync(work)
 
+    async def asked(ctx: Context, query: str, **options: Any) -> AskOutcome | CallToolResult:
+        """One ask on behalf of the tool call's caller: its outcome, or the tool error with the HTTP API's
+        message."""
+        caller, key = _caller(ctx)
+        try:
+            return await blocking(lambda: tools.ask(caller, query, key=key, **options))
+        except ToolFailure as exc:
+            return _error(exc.message)
+
     @server.tool(
         title="Ask Perplexity",
         description=(
@@ -164,22 +173,11 @@ def build_server(app: Flask, *, metered: bool = False) -> MCPServer:
         citation_mode: CitationArg = None,
         thread: ThreadArg = None,
     ) -> AskResult:
-        caller, key = _caller(ctx)
-        try:
-            outcome = await blocking(
-                lambda: tools.ask(
-                    caller,
-                    query,
-                    key=key,
-                    model=model,
-                    sources=sources,
-                    recency=recency,
-                    citation_mode=citation_mode,
-                    thread=thread,
-                )  # fmt: skip
-            )
-        except ToolFailure as exc:
-            return _error(exc.message)  # type: ignore[return-value]
+        outcome = await asked(
+            ctx, query, model=model, sources=sources, recency=recency, citation_mode=citation_mode, thread=thread
+        )
+        if isinstance(outcome, CallToolResult):
+            return outcome  # type: ignore[return-value]
         structured = AskResult(
             answer=outcome.answer, model=outcome.model, thread=outcome.thread, continued=outcome.continued,
             sources=[SourceItem(**s) for s in outcome.sources],
@@ -203,15 +201,9 @@ def build_server(app: Flask, *, metered: bool = False) -> MCPServer:
         sources: SourcesArg = None,
         recency: RecencyArg = None,
     ) -> SearchResult:
-        caller, key = _caller(ctx)
-        try:
-            outcome = await blocking(
-                lambda: tools.ask(
-                    caller, query, key=key, model=SEARCH_MODEL, sources=sources, recency=recency, fast=True
-                )
-            )
-        except ToolFailure as exc:
-            return _error(exc.message)  # type: ignore[return-value]
+        outcome = await asked(ctx, query, model=SEARCH_MODEL, sources=sources, recency=recency, fast=True)
+        if isinstance(outcome, CallToolResult):
+            return outcome  # type: ignore[return-value]
         structured = SearchResult(query=query, sources=[SourceItem(**s) for s in outcome.sources])
         text = _sources_text(outcome.sources) or "Perplexity found no sources."
         return CallToolResult(  # type: ignore[return-value]
@@ -234,22 +226,12 @@ def build_server(app: Flask, *, metered: bool = False) -> MCPServer:
         citation_mode: CitationArg = None,
         thread: ThreadArg = None,
     ) -> ResearchResult:
-        (caller, key), progress = _caller(ctx), _progress_sender(ctx)
-        try:
-            outcome = await blocking(
-                lambda: tools.ask(
-                    caller,
-                    query,
-                    key=key,
-                    model=RESEARCH_MODEL,
-                    sources=sources,
-                    citation_mode=citation_mode,
-                    thread=thread,
-                    progress=progress,
-                )  # fmt: skip
-            )
-        except ToolFailure as exc:
-            return _error(exc.message)  # type: ignore[return-value]
+        outcome = await asked(
+            ctx, query, model=RESEARCH_MODEL, sources=sources, citation_mode=citation_mode, thread=thread,
+            progress=_progress_sender(ctx),
+        )  # fmt: skip
+        if isinstance(outcome, CallToolResult):
+            return outcome  # type: ignore[return-value]
         questions = [q.question for block in outcome.clarifying for q in block.questions]
         structured = ResearchResult(
             answer=outcome.answer, model=outcome.model, thread=outcome.thread, continued=outcome.continued,
